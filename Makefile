@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench clean
+.PHONY: run test install system-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+system-deps:
+	@bash scripts/install-system-deps.sh
+
 run: install
 	$(BIN)/candleflow kafka start
 	$(BIN)/candleflow topics create
 	@echo "candleflow: Kafka broker and topics are up (bootstrap: see above)."
 
-test: install
+test: system-deps install
 	$(BIN)/python -m pytest
 
 bench: install

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# System packages the test suite needs beyond Python: Java + Maven (local Kafka
+# broker) and Redis (the production online-store option). Installs only what is
+# missing, and only where apt-get can (Debian/Ubuntu as root); elsewhere it
+# prints what to install and leaves the decision to you.
+set -euo pipefail
+
+need=()
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+for pkg in "$@"; do need+=("$pkg"); done
+
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing system packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # The package may start a system-wide redis on port 6379; the tests run their own.
+    if [[ " ${need[*]} " == *" redis-server "* ]] && command -v service >/dev/null 2>&1; then
+        service redis-server stop >/dev/null 2>&1 || true
+    fi
+else
+    echo "missing system packages: ${need[*]} (install them with your package manager)" >&2
+    exit 1
+fi
