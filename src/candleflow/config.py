@@ -20,10 +20,12 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "CANDLEFLOW_"
+# Variables read by the test suite and benchmarks, not settings (e.g. CANDLEFLOW_TEST_BOOTSTRAP).
+TEST_ENV_PREFIX = "CANDLEFLOW_TEST_"
 CONFIG_ENV = "CANDLEFLOW_CONFIG"
 DEFAULT_CONFIG_FILE = "candleflow.yaml"
 
@@ -118,6 +120,9 @@ class TopicsConfig(Section):
     candles: TopicConfig = TopicConfig(name="candles", partitions=6)
     candles_partial: TopicConfig = TopicConfig(name="candles.partial", partitions=6, retention_ms=3_600_000)
     features: TopicConfig = TopicConfig(name="features", partitions=6)
+    # Provisional features of still-open candles (from candles.partial); created by the
+    # features service when live rows are on (features.partial_updates), so not in all().
+    features_partial: TopicConfig = TopicConfig(name="features.partial", partitions=6, retention_ms=3_600_000)
     dlq: TopicConfig = TopicConfig(name="dlq", partitions=1)
 
     def all(self) -> list[TopicConfig]:
@@ -161,10 +166,20 @@ class CandlesConfig(Section):
     timeframes: list[str] = ["1m", "5m", "15m", "1h"]
     grace_ms: int = Field(2_000, ge=0)
     tick_interval_ms: int = Field(200, ge=10)  # wall-clock check for idle windows
+    # Append wall-clock ticks to `trades` (closes idle windows). Turn off to replay
+    # history, where wall-clock time would make every old trade late.
+    ticks: bool = True
+    # Exactly-once: candles become visible to read_committed readers at each commit.
+    commit_interval_ms: int = Field(250, ge=10)
     partial_updates: bool = False  # throttled still-open candles on candles.partial
     partial_interval_ms: int = Field(1_000, ge=50)
     consumer_group: str = "candleflow-candles"
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    # How soon the group notices a crashed replica and hands its partitions on.
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    # Static group membership: a restarted replica with the same id takes its
+    # partitions back at once instead of waiting for the session timeout.
+    instance_id: str | None = None
     metrics_port: int | None = Field(None, ge=0, le=65535)
 
     _split = field_validator("timeframes", mode="before")(_split_list)
@@ -186,21 +201,89 @@ class IndicatorSpec(Section):
 
     ``name`` overrides the output prefix (defaults to the function name in
     lower case); ``timeframes`` limits it to some timeframes (default: all).
+    ``outputs`` selects and orders the outputs of a multi-output function and
+    names them (``{aroonup: up, aroondown: down}``; default: all, short names
+    derived from TA-Lib's). ``label`` replaces the parameter part of the output
+    names (default: the values of ``params`` in TA-Lib's parameter order).
+    ``inputs`` feeds other candle columns to the function's inputs, e.g.
+    ``{price: volume}`` for an SMA of volume. The naming rule and its checks
+    are in :mod:`candleflow.core.features`.
     """
 
     function: str = Field(min_length=1)
     params: dict[str, float | int | str] = {}
     name: str | None = None
     timeframes: list[str] | None = None
+    outputs: dict[str, str] | None = None
+    label: str | None = None
+    inputs: dict[str, str | list[str]] | None = None
+
+    _split = field_validator("timeframes", mode="before")(_split_list)
+
+
+CANDLE_FEATURES = ("log_return_1", "range_pct", "body_pct", "vwap_dist", "buy_ratio")
 
 
 class FeaturesConfig(Section):
     # None: the built-in default set (see candleflow.core.features).
     indicators: list[IndicatorSpec] | None = None
     indicators_file: Path | None = None  # a YAML file holding `indicators:`
+    # Simple per-candle features appended after the indicator outputs.
+    candle_features: list[Literal["log_return_1", "range_pct", "body_pct", "vwap_dist", "buy_ratio"]] = list(
+        CANDLE_FEATURES)
+    partial_updates: bool = True  # provisional rows on features.partial from candles.partial
     consumer_group: str = "candleflow-features"
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     metrics_port: int | None = Field(None, ge=0, le=65535)
+
+    _file_specs: list[IndicatorSpec] | None = PrivateAttr(None)
+
+    _split = field_validator("candle_features", mode="before")(_split_list)
+
+    @model_validator(mode="after")
+    def _check_indicators(self) -> FeaturesConfig:
+        if self.indicators is not None and self.indicators_file is not None:
+            raise ValueError("set either indicators or indicators_file, not both")
+        if self.indicators_file is not None:
+            self._file_specs = load_indicator_file(self.indicators_file)
+        specs = self.specs()
+        if specs is not None:
+            # Imported here: TA-Lib is only loaded when indicators are configured.
+            from candleflow.core.features import check_specs
+
+            where = "indicators" if self.indicators is not None else f"{self.indicators_file}: indicators"
+            check_specs(specs, self.candle_features, where)
+        return self
+
+    def specs(self) -> list[IndicatorSpec] | None:
+        """The configured indicator entries; None means the built-in default set."""
+        if self.indicators is not None:
+            return self.indicators
+        return self._file_specs
+
+
+def load_indicator_file(path: Path) -> list[IndicatorSpec]:
+    """Read a YAML file holding ``indicators: [...]`` (or just the list)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read indicators file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"indicators file {path} is not valid YAML: {exc}") from None
+    if isinstance(data, dict) and set(data) <= {"indicators"}:
+        data = data.get("indicators")
+    if not isinstance(data, list):
+        raise ValueError(f"indicators file {path} must hold `indicators:` with a list of entries")
+    specs = []
+    for index, entry in enumerate(data):
+        try:
+            specs.append(IndicatorSpec.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(entry)'}: "
+                f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in exc.errors())
+            raise ValueError(f"{path}: indicators[{index}]: {problems}") from None
+    return specs
 
 
 class SqliteStoreConfig(Section):
@@ -214,17 +297,40 @@ class RedisStoreConfig(Section):
     password: SecretStr | None = None
 
 
+class HopsworksStoreConfig(Section):
+    """Hopsworks feature groups instead of Feast (extra ``candleflow[hopsworks]``)."""
+
+    type: Literal["hopsworks"] = "hopsworks"
+    host: str | None = None  # None: Hopsworks' serverless app (c.app.hopsworks.ai)
+    project: str | None = None
+    api_key: SecretStr | None = None
+    feature_group_prefix: str = Field("candleflow_features", pattern=r"^[a-z0-9_]+$")
+    version: int = Field(1, ge=1)
+
+
 class StoreConfig(Section):
     repo_dir: Path = Path(".candleflow/feature_repo")
     offline_dir: Path = Path(".candleflow/offline")
     project: str = Field("candleflow", pattern=r"^[A-Za-z0-9_]+$")
-    online: SqliteStoreConfig | RedisStoreConfig = Field(SqliteStoreConfig(), discriminator="type")
+    online: SqliteStoreConfig | RedisStoreConfig | HopsworksStoreConfig = Field(
+        SqliteStoreConfig(), discriminator="type")
 
 
 class SinkConfig(Section):
-    batch_size: int = Field(5_000, ge=1)
+    # Rows per batch at most. Batches are also cut by time and idleness (below),
+    # so a large size only matters under backlog, where it means fewer, larger
+    # Parquet files and more rows/s (bench/results/store_sink.md).
+    batch_size: int = Field(20_000, ge=1)
     batch_interval_ms: int = Field(500, ge=10)
+    # Also write a batch once no new row arrived for this long (None: only by
+    # size and interval). Rows come in bursts as candles close together.
+    flush_when_idle_ms: int | None = Field(50, ge=1)
     consumer_group: str = "candleflow-sink"
+    # How soon the group notices a crashed sink and hands its partitions on.
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    # Static group membership: a restarted replica with the same id takes its
+    # partitions back at once instead of waiting for a rebalance.
+    instance_id: str | None = None
     metrics_port: int | None = Field(None, ge=0, le=65535)
 
 
@@ -319,7 +425,7 @@ def _check_env_names(environ: Mapping[str, str]) -> None:
     """Reject CANDLEFLOW_* variables that name no setting (pydantic-settings ignores them)."""
     unknown = []
     for name in environ:
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or name.startswith(TEST_ENV_PREFIX):
             continue
         model: Any = Settings
         for part in name[len(ENV_PREFIX):].lower().split("__"):
