@@ -14,15 +14,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,redis]"
 	@touch $@
 
-install: $(STAMP)
+# The dashboard's chart library (package.json: lightweight-charts), served from node_modules.
+NODE_STAMP := node_modules/.installed
+
+$(NODE_STAMP): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+		echo "npm not found: the dashboard needs it for its chart library (install Node.js, then run make install)" >&2; \
+	fi
+
+install: $(STAMP) $(NODE_STAMP)
 
 system-deps:
 	@bash scripts/install-system-deps.sh
 
+# live: the configured exchanges (default: Kraken BTC/USD, ETH/USD, SOL/USD), falling back to
+# the simulated market when none can be reached; simulate: the simulated market directly.
+SOURCE ?= live
+
 run: install
-	$(BIN)/candleflow kafka start
-	$(BIN)/candleflow topics create
-	@echo "candleflow: Kafka broker and topics are up (bootstrap: see above)."
+	$(BIN)/candleflow up --source $(SOURCE)
 
 test: system-deps install
 	$(BIN)/python -m pytest

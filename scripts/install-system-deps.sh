@@ -11,6 +11,16 @@ command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 for pkg in "$@"; do need+=("$pkg"); done
 
+# Chromium is optional: only the dashboard's browser test uses it, and that test
+# is skipped (saying why) where the browser cannot be installed.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing system package: chromium (dashboard browser test)"
+    if ! (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null &&
+          apt-get install -y -qq --no-install-recommends chromium >/dev/null); then
+        echo "could not install chromium: the dashboard browser test will be skipped" >&2
+    fi
+fi
+
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

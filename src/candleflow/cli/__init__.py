@@ -45,10 +45,14 @@ app.add_typer(topics_cmd.app, name="topics")
 # share a group (e.g. `compute candles` and `compute features`).
 _COMMAND_MODULES = (
     "ingest_cmd",     # ingest, parse
-    "candles_cmd",    # candles, compute candles
+    "candles_cmd",    # candles
+    "compute_cmd",    # compute candles
     "features_cmd",   # features, compute features
     "store_cmd",      # store, sink, dataset, features get
     "serve_cmd",      # serve
+    "up_cmd",         # up
+    "status_cmd",     # status
+    "backfill_cmd",   # backfill
 )
 for _name in _COMMAND_MODULES:
     try:
