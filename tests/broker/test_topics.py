@@ -8,7 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from candleflow.broker.topics import create_topics, list_topics
+from candleflow.broker.topics import create_topics, delete_topics, list_topics
 from candleflow.config import KafkaConfig, TopicConfig
 from candleflow.records import Candle, Trade, decode_candle, decode_features, decode_trade, encode
 from tests.fixtures.kafka import consume_all, produce
@@ -23,6 +23,10 @@ def test_create_is_idempotent_and_uses_configured_partitions(kafka_config: Kafka
     assert again[f"trades-{suffix}"] == "exists (6 partitions)"
     listed = {t.name: t.partitions for t in list_topics(kafka_config)}
     assert listed[f"trades-{suffix}"] == 6 and listed[f"dlq-{suffix}"] == 1
+
+    delete_topics(kafka_config, [f"trades-{suffix}", f"dlq-{suffix}"])
+    remaining = {t.name for t in list_topics(kafka_config)}
+    assert f"trades-{suffix}" not in remaining and f"dlq-{suffix}" not in remaining
 
 
 def test_cli_topics_create_and_list(kafka_config: KafkaConfig, tmp_path: Path) -> None:

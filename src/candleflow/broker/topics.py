@@ -57,5 +57,6 @@ def create_topics(kafka: KafkaConfig, topics: list[TopicConfig], timeout: float 
 
 
 def delete_topics(kafka: KafkaConfig, names: list[str], timeout: float = 30.0) -> None:
-    for future in admin_client(kafka).delete_topics(names, operation_timeout=timeout).values():
+    admin = admin_client(kafka)  # keep a reference: a destroyed client fails its pending futures
+    for future in admin.delete_topics(names, operation_timeout=timeout).values():
         future.result()
