@@ -12,12 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from candleflow.cli import app
 from candleflow.health import state_path, write_state
-from tests.fixtures.kafka import produce
+from tests.fixtures.kafka import commit_offsets, produce
 
 runner = CliRunner()
 
@@ -50,14 +49,6 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def commit(kafka, group: str, topic: str, offsets: dict[int, int]) -> None:
-    consumer = Consumer({**kafka.client_config(), "group.id": group, "enable.auto.commit": False})
-    try:
-        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
-    finally:
-        consumer.close()
-
-
 def status(config: Path, *args: str):
     return runner.invoke(app, ["--config", str(config), "status", "--interval", "1", *args])
 
@@ -70,7 +61,7 @@ def test_offsets_and_lags_without_a_running_up(settings_factory, kafka_config, t
     trades = settings.topics.trades.name
     produce(kafka_config, trades, [(b"k", b"{}")] * 7, partition=0)
     produce(kafka_config, trades, [(b"k", b"{}")] * 5, partition=1)
-    commit(kafka_config, f"st-candles-{run_id}", trades, {0: 4, 1: 5})
+    commit_offsets(kafka_config, f"st-candles-{run_id}", trades, {0: 4, 1: 5})
 
     result = status(tmp_path / "candleflow.yaml", "--json")
     assert result.exit_code == 1, result.output  # `up` does not run here

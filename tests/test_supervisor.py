@@ -7,24 +7,14 @@ import os
 import random
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from candleflow.supervisor import ChildSpec, RestartPolicy, Supervisor, backoff_delay, start_order
+from tests.fixtures.processes import pid_gone, wait_for
 
 QUICK = RestartPolicy(initial_s=0.05, max_s=0.2, jitter=0.5, stable_s=60.0)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def child_script(tmp_path: Path, body: str) -> str:
@@ -47,18 +37,6 @@ POLITE = """
     while True:
         time.sleep(0.1)
 """
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie that is not ours still answers kill(0); /proc tells.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except OSError:
-        return True
 
 
 def test_start_order_follows_dependencies_and_rejects_bad_graphs() -> None:

@@ -16,12 +16,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,21 +28,7 @@ from candleflow.broker.local import free_port
 from candleflow.cli.up_cmd import endpoint_problem, exchange_problems, fallback_message, plan_services, stop_leftovers
 from candleflow.config import load_config
 from tests.fixtures.kafka import end_offsets
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen | None = None,
-             log: Path | None = None) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"`candleflow up` exited ({proc.returncode}) while waiting for {what}:\n"
-                                 + (log.read_text()[-6000:] if log else ""))
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" +
-                         (f"; log tail:\n{log.read_text()[-6000:]}" if log else ""))
+from tests.fixtures.processes import pid_gone, wait_for
 
 
 def http_json(url: str) -> tuple[int, object]:
@@ -55,17 +39,6 @@ def http_json(url: str) -> tuple[int, object]:
         return exc.code, None
     except (urllib.error.URLError, OSError, ValueError):
         return 0, None
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except OSError:
-        return True
 
 
 def clean_env() -> dict[str, str]:

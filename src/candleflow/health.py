@@ -1,12 +1,23 @@
-"""How the running pipeline is doing: service probes, topic offsets, consumer lags, last candles.
+"""How the running pipeline is doing: service probes, topic offsets, throughput, lags, last candles.
 
-Shared by ``candleflow up`` (its periodic health summary) and ``candleflow
-status``. ``up`` records what it runs in a state file under ``data_dir``
-(:func:`write_state`): each service's pid, restarts and the URL that answers
-while it is healthy (``/healthz`` for serve, the Prometheus ``/metrics`` port
-for the others). Kafka gives the rest: the end offsets of the topics (their
-growth is the throughput) and the committed offsets of each service's
-consumer group (end minus committed is the lag).
+The one place that reads these figures, shared by ``candleflow up`` (its
+periodic health summary), ``candleflow status`` and the dashboard's
+``/v1/pipeline`` (:mod:`candleflow.serve.pipeline`). ``up`` records what it
+runs in a state file under ``data_dir`` (:func:`write_state`): each service's
+pid, restarts and the URL that answers while it is healthy (``/healthz`` for
+serve, the Prometheus ``/metrics`` port for the others). Kafka gives the rest,
+without the services having to expose anything (:class:`FlowMeter`):
+
+- throughput: how fast each topic's end offsets and each group's committed
+  offsets move between two samples (records per second; with exactly-once
+  producers the transaction markers count too, one per partition and commit);
+- consumer lag: end offset minus the group's committed offset;
+- members: how many consumers are in a service's group (a service in its group
+  is alive);
+- the newest record of the ``candles`` and ``features`` topics and its age
+  (:class:`LatestRecords`), and the last candle of each market
+  (:class:`CandleTail`);
+- dead letters: the end offsets of the dead-letter topic, summed.
 """
 
 from __future__ import annotations
@@ -18,9 +29,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from candleflow.config import KafkaConfig, Settings, timeframe_ms
 
@@ -73,26 +87,7 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def scrape_metrics(url: str, timeout: float = 1.0) -> dict[str, float] | None:
-    """The samples of a Prometheus `/metrics` page summed over their labels; None when it does not answer."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
-            text = response.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    totals: dict[str, float] = {}
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    except ValueError:
-        return None
-    return totals
-
-
-# --- Kafka: end offsets, committed offsets, lags -------------------------------------------
+# --- Kafka: end offsets, committed offsets, lags, members ------------------------------------
 
 
 @dataclass(frozen=True)
@@ -118,11 +113,18 @@ def output_topics(settings: Settings) -> dict[str, str]:
     return {"ingest": topics.trades.name, "candles": topics.candles.name, "features": topics.features.name}
 
 
+def rate(before: int | None, after: int | None, seconds: float) -> float | None:
+    if before is None or after is None or seconds <= 0:
+        return None
+    return max(0, after - before) / seconds
+
+
 @dataclass
 class Snapshot:
     taken: float  # time.monotonic()
     ends: dict[str, dict[int, int] | None]  # topic -> partition -> end offset; None: no such topic
     committed: dict[str, dict[int, int] | None]  # group -> partition of its topic -> committed offset
+    members: dict[str, int] = field(default_factory=dict)  # group -> consumers in it (when asked for)
 
     def end(self, topic: str) -> int | None:
         ends = self.ends.get(topic)
@@ -140,30 +142,46 @@ class Snapshot:
         committed = self.committed.get(stage.group)
         return None if committed is None else sum(committed.values())
 
+    def produced_per_s(self, topic: str, since: Snapshot | None) -> float | None:
+        """How fast `topic` grew since an earlier snapshot (None: no earlier one, or no such topic)."""
+        return None if since is None else rate(since.end(topic), self.end(topic), self.taken - since.taken)
 
-def rate(before: int | None, after: int | None, seconds: float) -> float | None:
-    if before is None or after is None or seconds <= 0:
-        return None
-    return max(0, after - before) / seconds
+    def consumed_per_s(self, stage: ConsumerStage, since: Snapshot | None) -> float | None:
+        """How fast the stage's group committed since an earlier snapshot."""
+        return None if since is None else rate(since.consumed(stage), self.consumed(stage), self.taken - since.taken)
+
+
+def _reader(kafka: KafkaConfig, group_id: str, **extra: Any) -> Any:
+    """A consumer that only assigns partitions and never commits: it joins no group and holds none back.
+
+    `group_id` is required by the client and never used; `extra` is added to the configuration.
+    """
+    from confluent_kafka import Consumer
+
+    return Consumer({**kafka.client_config(), "log_level": 0, "group.id": group_id, "enable.auto.commit": False,
+                     "isolation.level": "read_committed", **extra})
 
 
 class KafkaProbe:
-    """End offsets and committed group offsets, with one consumer and one admin client kept open."""
+    """End offsets, committed group offsets and group members, with one consumer and one admin client kept open."""
 
     def __init__(self, kafka: KafkaConfig, timeout: float = 5.0) -> None:
-        from confluent_kafka import Consumer
         from confluent_kafka.admin import AdminClient
 
-        quiet = {"log_level": 0}
         self.timeout = timeout
-        self.consumer = Consumer({**kafka.client_config(), **quiet, "group.id": f"candleflow-probe-{uuid.uuid4().hex}",
-                                  "enable.auto.commit": False})
-        self.admin = AdminClient({**kafka.client_config(), **quiet})
+        self.consumer = _reader(kafka, f"candleflow-probe-{uuid.uuid4().hex}")
+        self.admin = AdminClient({**kafka.client_config(), "log_level": 0})
 
-    def end_offsets(self, topic: str) -> dict[int, int] | None:
+    def end_offsets(self, topic: str, metadata: Any = None) -> dict[int, int] | None:
+        """End offset per partition of `topic`; None when there is no such topic.
+
+        `metadata`: the cluster's metadata when already at hand (else it is asked for this topic).
+        """
         from confluent_kafka import TopicPartition
 
-        meta = self.consumer.list_topics(topic, timeout=self.timeout).topics.get(topic)
+        if metadata is None:
+            metadata = self.consumer.list_topics(topic, timeout=self.timeout)
+        meta = metadata.topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return None
         return {p: self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self.timeout)[1]
@@ -180,13 +198,209 @@ class KafkaProbe:
                    if tp.topic == topic and tp.offset >= 0}
         return offsets or None
 
-    def snapshot(self, topics: list[str], stages: list[ConsumerStage]) -> Snapshot:
-        ends = {topic: self.end_offsets(topic) for topic in dict.fromkeys(topics)}
+    def members(self, groups: Sequence[str]) -> dict[str, int]:
+        """Consumers per group."""
+        futures = self.admin.describe_consumer_groups(list(groups), request_timeout=self.timeout)
+        return {group: len(future.result().members) for group, future in futures.items()}
+
+    def snapshot(self, topics: Sequence[str], stages: Sequence[ConsumerStage], *, members: bool = False) -> Snapshot:
+        """Raises KafkaException at once, on its first request, when the cluster does not answer."""
+        metadata = self.consumer.list_topics(timeout=self.timeout)  # one request for every topic
+        ends = {topic: self.end_offsets(topic, metadata) for topic in dict.fromkeys(topics)}
         committed = {stage.group: self.committed(stage.group, stage.topic) for stage in stages}
-        return Snapshot(time.monotonic(), ends, committed)
+        groups = self.members([stage.group for stage in stages]) if members else {}
+        return Snapshot(time.monotonic(), ends, committed, groups)
 
     def close(self) -> None:
         self.consumer.close()
+
+
+# --- the figures: one sample, measured against the one before ---------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceFlow:
+    """One pipeline service as Kafka sees it; rates are None until a second sample."""
+
+    name: str
+    input_topic: str | None
+    output_topic: str | None
+    group: str | None
+    committed: int | None  # records its group has committed (None: nothing yet)
+    lag: int | None
+    members: int | None  # None: not asked for
+    consumed_per_s: float | None
+    produced_per_s: float | None
+    produced_total: int | None
+    last_record: dict[str, Any] | None  # the newest record of its output topic (see LatestRecords)
+
+    @property
+    def throughput_per_s(self) -> float | None:
+        """The records it writes per second, or for the sink (which writes no topic) those it stores."""
+        return self.produced_per_s if self.output_topic else self.consumed_per_s
+
+
+@dataclass(frozen=True)
+class TopicFlow:
+    name: str
+    partitions: int | None  # None: no such topic
+    end_offset: int | None
+    per_s: float | None
+
+
+@dataclass(frozen=True)
+class Flow:
+    services: dict[str, ServiceFlow]  # ingest, candles, features, sink
+    topics: dict[str, TopicFlow]  # in the order asked for
+    latest: dict[str, dict[str, Any] | None]  # topic -> its newest record, for the topics asked for
+    measured: bool  # there was an earlier sample, so the rates are known
+
+
+class FlowMeter:
+    """Samples the pipeline's topics and consumer groups; each sample's rates are measured since the last one.
+
+    `topics`: those to report, in order (the output and dead-letter topics are
+    always read). `members`: also count each group's consumers. `latest`:
+    topics whose newest record to find, with its age.
+    """
+
+    def __init__(self, settings: Settings, *, topics: Sequence[str] = (), members: bool = False,
+                 latest: Sequence[str] = (), timeout: float = 3.0) -> None:
+        self.settings = settings
+        self.stages = consumer_stages(settings)
+        self.outputs = output_topics(settings)
+        self.topics = list(dict.fromkeys([*topics, *self.outputs.values(), settings.topics.dlq.name]))
+        self.count_members = members
+        self.latest_topics = list(latest)
+        self.timeout = timeout
+        self.previous: Snapshot | None = None
+        self._probe: KafkaProbe | None = None
+        self._latest: LatestRecords | None = None
+
+    def read(self) -> Flow:
+        """Raises KafkaException when the cluster does not answer."""
+        if self._probe is None:
+            self._probe = KafkaProbe(self.settings.kafka, timeout=self.timeout)
+        snapshot = self._probe.snapshot(self.topics, self.stages, members=self.count_members)
+        since, self.previous = self.previous, snapshot
+        latest: dict[str, dict[str, Any] | None] = {}
+        if self.latest_topics:
+            if self._latest is None:
+                self._latest = LatestRecords(self.settings.kafka, timeout=self.timeout)
+            now_ms = int(time.time() * 1000)
+            latest = {topic: self._latest.newest(topic, snapshot.ends.get(topic) or {}, now_ms)
+                      for topic in self.latest_topics}
+        stages = {stage.service: stage for stage in self.stages}
+        services = {}
+        for name in dict.fromkeys([*self.outputs, *stages]):
+            stage, output = stages.get(name), self.outputs.get(name)
+            services[name] = ServiceFlow(
+                name=name,
+                input_topic=stage.topic if stage else None,
+                output_topic=output,
+                group=stage.group if stage else None,
+                committed=snapshot.consumed(stage) if stage else None,
+                lag=snapshot.lag(stage) if stage else None,
+                members=snapshot.members.get(stage.group) if stage and self.count_members else None,
+                consumed_per_s=snapshot.consumed_per_s(stage, since) if stage else None,
+                produced_per_s=snapshot.produced_per_s(output, since) if output else None,
+                produced_total=snapshot.end(output) if output else None,
+                last_record=latest.get(output) if output else None,
+            )
+        topics = {}
+        for topic, ends in snapshot.ends.items():
+            topics[topic] = TopicFlow(topic, None if ends is None else len(ends), snapshot.end(topic),
+                                      snapshot.produced_per_s(topic, since))
+        return Flow(services, topics, latest, measured=since is not None)
+
+    def close(self) -> None:
+        for client in (self._probe, self._latest):
+            if client is not None:
+                client.close()
+        self._probe = self._latest = None
+
+
+def age_s(end_ms: int, now_ms: float) -> float:
+    """Seconds since `end_ms`, never negative (clocks differ a little)."""
+    return max(0.0, (now_ms - end_ms) / 1000)
+
+
+class LatestRecords:
+    """The record with the latest ``end_ms`` on a topic of candles or features rows, and its age.
+
+    It reads the last few offsets of each partition, and reads a partition again
+    only when it grew, so asking every second costs little.
+    """
+
+    def __init__(self, kafka: KafkaConfig, timeout: float = 3.0, tail: int = 5) -> None:
+        self.kafka = kafka
+        self.timeout = timeout
+        self.tail = tail  # offsets read back from a partition's end
+        self._consumer: Any = None
+        # (topic, partition) -> (end offset when read, its newest record's summary)
+        self._read: dict[tuple[str, int], tuple[int, dict[str, Any] | None]] = {}
+
+    def newest(self, topic: str, ends: dict[int, int], now_ms: int) -> dict[str, Any] | None:
+        """The newest record's exchange, symbol, timeframe, ``end_ms`` and ``age_s``; None when there is none.
+
+        `ends`: the topic's end offset per partition.
+        """
+        grown = [p for p, end in ends.items() if end > 0 and self._read.get((topic, p), (None,))[0] != end]
+        if grown:
+            self._read_tails(topic, {p: ends[p] for p in grown})
+        read = [self._read.get((topic, p), (0, None))[1] for p in ends]
+        summaries = [summary for summary in read if summary is not None]
+        if not summaries:
+            return None
+        newest = max(summaries, key=lambda s: s["end_ms"])
+        return {**newest, "age_s": age_s(newest["end_ms"], now_ms)}
+
+    def _read_tails(self, topic: str, ends: dict[int, int]) -> None:
+        from confluent_kafka import KafkaError, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = _reader(self.kafka, "candleflow-latest-records", **{
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",  # the tail was deleted by retention: read what is left
+            })
+        consumer = self._consumer
+        consumer.assign([TopicPartition(topic, p, max(0, end - self.tail)) for p, end in ends.items()])
+        pending = set(ends)
+        found: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + self.timeout
+        try:
+            while pending and time.monotonic() < deadline:
+                message = consumer.poll(0.2)
+                if message is None:
+                    continue
+                if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition())
+                    continue
+                summary = _summary(message.value())
+                if summary and summary["end_ms"] >= found.get(message.partition(), {"end_ms": -1})["end_ms"]:
+                    found[message.partition()] = summary
+        finally:
+            consumer.unassign()
+        for partition, end in ends.items():
+            if partition not in pending:  # read to its end: the result holds until it grows again
+                previous = self._read.get((topic, partition), (None, None))[1]
+                self._read[(topic, partition)] = (end, found.get(partition) or previous)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def _summary(raw: bytes | None) -> dict[str, Any] | None:
+    """The identity of a candles or features row; lenient, as any record with these fields will do."""
+    try:
+        row = msgspec.json.decode(raw or b"")
+        return {"exchange": row["exchange"], "symbol": row["symbol"], "timeframe": row["timeframe"],
+                "end_ms": int(row["end_ms"])}
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 # --- the last candle of each market --------------------------------------------------------
@@ -241,13 +455,11 @@ class CandleTail:
         return [best[market] for market in sorted(best)]
 
     def _follow(self) -> None:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         from candleflow.records import RecordError, decode_candle
 
-        consumer = Consumer({**self.kafka.client_config(), "log_level": 0,
-                             "group.id": f"candleflow-tail-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                             "isolation.level": "read_committed"})
+        consumer = _reader(self.kafka, f"candleflow-tail-{uuid.uuid4().hex}")
         try:
             assigned = False
             while not self._stop.is_set():

@@ -9,7 +9,6 @@ screenshot is saved to $CANDLEFLOW_TEST_ARTIFACTS (default: test-artifacts/).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from candleflow.config import Settings
 from candleflow.records import encode
 from tests.browser.cdp import Browser, find_browser
 from tests.fixtures.kafka import produce
+from tests.fixtures.processes import stop_process
 from tests.serve.market_rows import MarketSeries, write_history
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,12 +65,7 @@ def serve_process(config: Path, port: int, log: Path) -> Iterator[str]:
                 time.sleep(0.3)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
@@ -26,7 +26,7 @@ from candleflow.config import Settings, load_config
 from candleflow.records import encode
 from candleflow.serve import create_app
 from candleflow.serve.live import DASHBOARD_DIR, chart_library
-from tests.fixtures.kafka import produce
+from tests.fixtures.kafka import commit_offsets, produce
 from tests.serve.market_rows import MarketSeries, write_history
 from tests.store.rows import store_overrides
 
@@ -238,14 +238,6 @@ def test_without_kafka_the_stream_says_so_and_history_is_still_served(tmp_path: 
 # -- pipeline --------------------------------------------------------------------------------
 
 
-def _commit(settings: Settings, group: str, topic: str, offsets: dict[int, int]) -> None:
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": group, "enable.auto.commit": False})
-    try:
-        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
-    finally:
-        consumer.close()
-
-
 def test_pipeline_reports_throughput_lag_last_candle_and_dead_letters(live_settings: Settings) -> None:
     settings = live_settings
     topics = settings.topics
@@ -257,7 +249,7 @@ def test_pipeline_reports_throughput_lag_last_candle_and_dead_letters(live_setti
     produce(settings.kafka, topics.candles.name, [(b"kraken:BTC/USD:1m", encode(c)) for c in candles], partition=1)
     produce(settings.kafka, topics.features.name, [(b"kraken:BTC/USD:1m", encode(r)) for r in rows[:3]])
     produce(settings.kafka, topics.dlq.name, [(None, b"bad")] * 2)
-    _commit(settings, settings.candles.consumer_group, topics.trades.name, {0: 4})
+    commit_offsets(settings.kafka, settings.candles.consumer_group, topics.trades.name, {0: 4})
     # A live member of the features group.
     member = Consumer({**settings.kafka.client_config(), "group.id": settings.features.consumer_group})
     member.subscribe([topics.candles.name])

@@ -21,28 +21,14 @@ from candleflow.cli.common import settings as load_settings
 from candleflow.config import Settings
 
 
-def collect(settings: Settings, probe: Any, previous: Any = None) -> tuple[dict[str, Any], Any]:
-    """One status report as plain data, and the Kafka snapshot it was computed from (for the next call)."""
+def collect(settings: Settings, meter: health.FlowMeter) -> dict[str, Any]:
+    """One status report as plain data; rates are measured since the meter's previous sample."""
     report: dict[str, Any] = {"up": None, "services": [], "topics": [], "groups": [], "kafka_error": None}
-    stages = health.consumer_stages(settings)
-    outputs = health.output_topics(settings)
-    topic_names = [*outputs.values(), settings.topics.candles_partial.name, settings.topics.dlq.name]
-    snapshot = None
+    flow = None
     try:
-        snapshot = probe.snapshot(topic_names, stages)
+        flow = meter.read()
     except Exception as exc:  # noqa: BLE001 - shown in the report
         report["kafka_error"] = f"cannot read offsets from {settings.kafka.bootstrap()}: {exc}"
-    seconds = snapshot.taken - previous.taken if snapshot is not None and previous is not None else 0.0
-
-    def topic_rate(topic: str) -> float | None:
-        if snapshot is None or previous is None:
-            return None
-        return health.rate(previous.end(topic), snapshot.end(topic), seconds)
-
-    def stored_rate(stage: Any) -> float | None:
-        if snapshot is None or previous is None:
-            return None
-        return health.rate(previous.consumed(stage), snapshot.consumed(stage), seconds)
 
     path = health.state_path(settings)
     state = health.read_state(path)
@@ -54,31 +40,26 @@ def collect(settings: Settings, probe: Any, previous: Any = None) -> tuple[dict[
                         "bootstrap": state.get("bootstrap"), "started_at": state.get("started_at"),
                         "detail": None if running else f"`candleflow up` (pid {state.get('pid')}) is not running; "
                                                        f"{path} is left over from it"}
-        sink_stage = next((s for s in stages if s.service == "sink"), None)
         for child in state.get("children", []):
             name = child.get("name")
             alive = running and health.pid_alive(child.get("pid"))
             answering = alive and health.http_ok(child.get("health_url") or "", timeout=1.0)
             status = "up" if answering else ("starting" if alive else (child.get("state") if running else "down"))
-            if name in outputs:
-                throughput = topic_rate(outputs[name])
-            elif name == "sink" and sink_stage is not None:
-                throughput = stored_rate(sink_stage)
-            else:
-                throughput = None
+            service = flow.services.get(name) if flow is not None else None
             report["services"].append({
                 "name": name, "status": status, "pid": child.get("pid") if alive else None,
                 "restarts": child.get("restarts", 0), "endpoint": child.get("health_url"),
-                "throughput_per_s": throughput})
-    if snapshot is not None:
-        for topic in topic_names:
-            ends = snapshot.ends.get(topic)
-            report["topics"].append({"topic": topic, "partitions": None if ends is None else len(ends),
-                                     "end_offset": snapshot.end(topic), "rate_per_s": topic_rate(topic)})
-        for stage in stages:
-            report["groups"].append({"service": stage.service, "group": stage.group, "topic": stage.topic,
-                                     "committed": snapshot.consumed(stage), "lag": snapshot.lag(stage)})
-    return report, snapshot
+                "throughput_per_s": service.throughput_per_s if service is not None else None})
+    if flow is not None:
+        for topic in flow.topics.values():
+            report["topics"].append({"topic": topic.name, "partitions": topic.partitions,
+                                     "end_offset": topic.end_offset, "rate_per_s": topic.per_s})
+        for service in flow.services.values():
+            if service.group is not None:
+                report["groups"].append({"service": service.name, "group": service.group,
+                                         "topic": service.input_topic, "committed": service.committed,
+                                         "lag": service.lag})
+    return report
 
 
 def healthy(report: dict[str, Any]) -> bool:
@@ -148,11 +129,13 @@ def register(app: typer.Typer) -> None:
         from rich.live import Live
 
         settings = load_settings(ctx)
-        probe = health.KafkaProbe(settings.kafka, timeout=3.0)
+        topics = settings.topics
+        meter = health.FlowMeter(settings, topics=[topics.trades.name, topics.candles.name, topics.features.name,
+                                                   topics.candles_partial.name, topics.dlq.name])
         try:
-            _, first = collect(settings, probe)
+            collect(settings, meter)  # the first sample, for the rates of the second
             time.sleep(interval)
-            report, snapshot = collect(settings, probe, first)
+            report = collect(settings, meter)
             if as_json:
                 typer.echo(json.dumps(report, indent=1))
             elif not watch:
@@ -162,10 +145,10 @@ def register(app: typer.Typer) -> None:
                     try:
                         while True:
                             time.sleep(interval)
-                            report, snapshot = collect(settings, probe, snapshot or first)
+                            report = collect(settings, meter)
                             live.update(render(report), refresh=True)
                     except KeyboardInterrupt:
                         pass
         finally:
-            probe.close()
+            meter.close()
         raise typer.Exit(0 if healthy(report) else 1)

@@ -133,6 +133,11 @@ def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
+def serve_url(settings: Settings) -> str:
+    """Where this machine reaches the serve app (also when it listens on every interface)."""
+    return f"http://{_loopback(settings.serve.host)}:{settings.serve.port}"
+
+
 def plan_services(settings: Settings, *, simulate: bool, services: list[str],
                   free_port: Callable[[], int]) -> list[ServicePlan]:
     """Command line, environment and health URL of each service to run."""
@@ -143,8 +148,7 @@ def plan_services(settings: Settings, *, simulate: bool, services: list[str],
         env: dict[str, str] = {}
         args = [name]
         if name == "serve":
-            host = _loopback(settings.serve.host)
-            url = f"http://{host}:{settings.serve.port}"
+            url = serve_url(settings)
             plans.append(ServicePlan(name, args, env, f"{url}/healthz", f"{url}/metrics"))
             continue
         port = metrics_ports[name] or free_port()
@@ -236,25 +240,15 @@ class HealthSummary:
         self.settings = settings
         self.supervisor = supervisor
         self.plans = {plan.name: plan for plan in plans}
-        self.stages = [s for s in health.consumer_stages(settings) if s.service in self.plans]
-        self.outputs = health.output_topics(settings)
-        self.topics = [*self.outputs.values(), settings.topics.dlq.name]
-        self.probe: Any = None
-        self.previous: Any = None
+        self.meter = health.FlowMeter(settings)
         self.tail = health.CandleTail(settings.kafka, settings.topics.candles.name).start()
 
     def __call__(self) -> None:
         lines = [self._services_line()]
         try:
-            if self.probe is None:
-                self.probe = health.KafkaProbe(self.settings.kafka, timeout=3.0)
-            snapshot = self.probe.snapshot(self.topics, self.stages)
+            lines.append(self._flow_line(self.meter.read()))
         except Exception as exc:  # noqa: BLE001 - the broker may be away for a moment
             lines.append(f"kafka: cannot read offsets ({exc})")
-            snapshot = None
-        if snapshot is not None:
-            lines.append(self._flow_line(snapshot))
-            self.previous = snapshot
         lines.append(self._candles_line())
         for line in lines:
             self.supervisor.say(line)
@@ -272,25 +266,17 @@ class HealthSummary:
         line = "services: " + ", ".join(parts)
         line += "; restarts: " + (", ".join(restarts) if restarts else "none")
         if "serve" in self.plans:
-            line += f"; dashboard http://{_loopback(self.settings.serve.host)}:{self.settings.serve.port}/"
+            line += f"; dashboard {serve_url(self.settings)}/"
         return line
 
-    def _flow_line(self, snapshot: Any) -> str:
-        previous = self.previous
-        seconds = snapshot.taken - previous.taken if previous is not None else 0.0
-        parts = []
-        for service, topic in self.outputs.items():
-            if service in self.plans:
-                before = previous.end(topic) if previous is not None else None
-                parts.append(f"{topic} {_fmt_rate(health.rate(before, snapshot.end(topic), seconds))}")
-        for stage in self.stages:
-            if stage.service == "sink":
-                before = previous.consumed(stage) if previous is not None else None
-                parts.append(f"stored {_fmt_rate(health.rate(before, snapshot.consumed(stage), seconds))}")
-        lags = ", ".join(f"{stage.service} {'?' if snapshot.lag(stage) is None else snapshot.lag(stage)}"
-                         for stage in self.stages)
-        dead = snapshot.end(self.settings.topics.dlq.name)
-        line = "throughput: " + (", ".join(parts) if previous is not None else "measuring")
+    def _flow_line(self, flow: health.Flow) -> str:
+        planned = [service for name, service in flow.services.items() if name in self.plans]
+        # What each service writes, and for the sink what it stores.
+        parts = [f"{service.output_topic or 'stored'} {_fmt_rate(service.throughput_per_s)}" for service in planned]
+        lags = ", ".join(f"{service.name} {'?' if service.lag is None else service.lag}"
+                         for service in planned if service.group is not None)
+        dead = flow.topics[self.settings.topics.dlq.name].end_offset
+        line = "throughput: " + (", ".join(parts) if flow.measured else "measuring")
         return f"{line}; lag: {lags or 'n/a'}; dead letters: {'?' if dead is None else dead}"
 
     def _candles_line(self) -> str:
@@ -302,14 +288,13 @@ class HealthSummary:
         for c in markets[:8]:
             at = datetime.fromtimestamp(c.end_ms / 1000, timezone.utc).strftime("%H:%M:%S")
             parts.append(f"{c.exchange}:{c.symbol} {c.timeframe} close {c.close:g} at {at} UTC "
-                         f"({_fmt_age(max(0.0, (now_ms - c.end_ms) / 1000))}){' gap' if c.gap_fill else ''}")
+                         f"({_fmt_age(health.age_s(c.end_ms, now_ms))}){' gap' if c.gap_fill else ''}")
         more = f" (+{len(markets) - 8} more)" if len(markets) > 8 else ""
         return "last candles: " + "; ".join(parts) + more
 
     def close(self) -> None:
         self.tail.stop()
-        if self.probe is not None:
-            self.probe.close()
+        self.meter.close()
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -473,8 +458,7 @@ def _run(settings: Settings, services: list[str], simulate: bool, base_argv: lis
     try:
         supervisor.start()
         if "serve" in services:
-            supervisor.say(f"dashboard and API (once serve is up): "
-                           f"http://{_loopback(settings.serve.host)}:{settings.serve.port}/")
+            supervisor.say(f"dashboard and API (once serve is up): {serve_url(settings)}/")
         summary = HealthSummary(settings, supervisor, plans)
         supervisor.run(stop, on_tick=summary, tick_s=summary_interval)
     finally:
