@@ -1,0 +1,302 @@
+"""Candles from whole arrays of trades: the vectorised (batch) form of the candle core.
+
+Pure: numpy and polars only, no files, no Kafka. ``candleflow compute candles``
+and the backfill call it; the streaming service uses the incremental form in
+``core/candles.py``. Both follow the same computation contract, so they give
+the same floats, bit for bit:
+
+- a trade belongs to window ``start = ts_ms - ts_ms % tf_ms`` (UTC epoch aligned);
+- trades inside a window are ordered by ``ts_ms``, ties by input order (stable);
+- open/close are the first/last price in that order, high/low the max/min;
+- volume, quote_volume (sum of ``price * qty``) and buy_volume are plain
+  left-to-right float64 sums starting from 0.0, in that order;
+- vwap = quote_volume / volume;
+- with ``fill_gaps``, every window with no trades strictly between a key's first
+  and last traded window is a gap fill: open = high = low = close = vwap = the
+  previous candle's close, volumes 0.0, trades 0, ``gap_fill`` true.
+
+Why ``np.bincount`` for the sums: ``np.add.reduceat`` (like ``np.sum``) sums
+segments longer than 8 elements pairwise, which differs from a sequential sum in
+the last bits. ``np.bincount(ids, weights)`` adds ``weights[i]`` into its bin in
+input order, one element at a time, starting from 0.0: exactly the sequential
+sum, at memory speed. tests/core/test_candles_batch.py holds both facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from candleflow.config import timeframe_ms
+from candleflow.records import CANDLE_FIELDS, candle_key
+
+# Column types of a candles frame, in records.CANDLE_FIELDS order.
+CANDLE_SCHEMA: dict[str, pl.DataType] = {
+    "exchange": pl.String(),
+    "symbol": pl.String(),
+    "timeframe": pl.String(),
+    "start_ms": pl.Int64(),
+    "end_ms": pl.Int64(),
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "volume": pl.Float64(),
+    "quote_volume": pl.Float64(),
+    "vwap": pl.Float64(),
+    "trades": pl.Int64(),
+    "buy_volume": pl.Float64(),
+    "gap_fill": pl.Boolean(),
+}
+assert tuple(CANDLE_SCHEMA) == CANDLE_FIELDS, "CANDLE_SCHEMA must follow records.CANDLE_FIELDS"
+
+# Columns aggregate_frame needs; the taker side comes from `is_buy` or else `side`.
+TRADE_COLUMNS: tuple[str, ...] = ("exchange", "symbol", "ts_ms", "price", "qty")
+
+
+def empty_candles() -> pl.DataFrame:
+    """A candles frame with no rows (the right columns and types)."""
+    return pl.DataFrame(schema=CANDLE_SCHEMA)
+
+
+def aggregate_candles(
+    ts_ms: Any,
+    price: Any,
+    qty: Any,
+    is_buy: Any,
+    *,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    fill_gaps: bool = True,
+) -> pl.DataFrame:
+    """Candles of one (exchange, symbol) for one timeframe, ordered by start_ms.
+
+    ``ts_ms`` (epoch ms), ``price``, ``qty`` and ``is_buy`` (taker side is buy)
+    are equally long array-likes of valid trades, in arrival order; they need
+    not be sorted. Returns columns ``records.CANDLE_FIELDS`` (types in
+    ``CANDLE_SCHEMA``). Raises ValueError for an invalid timeframe or arrays of
+    different lengths.
+    """
+    tf_ms = timeframe_ms(timeframe)
+    trades = _sorted_by_time(ts_ms, price, qty, is_buy)
+    return _candles_frame(trades, tf_ms, exchange, symbol, timeframe, fill_gaps)
+
+
+def aggregate_frame(trades: pl.DataFrame, timeframes: Sequence[str], *, fill_gaps: bool = True) -> pl.DataFrame:
+    """Candles of every (exchange, symbol) in ``trades`` for every timeframe.
+
+    ``trades`` has columns ``exchange, symbol, ts_ms, price, qty`` and
+    ``is_buy`` (bool) or ``side`` (``"buy"``/``"sell"``; anything else, null
+    included, counts as not a buy). Its row order is the arrival order that
+    breaks ties on ``ts_ms``. The result is ordered by ``candle_key`` (the
+    string ``exchange:symbol:timeframe``) then ``start_ms``. Each timeframe is
+    aggregated from the trades directly, never from another timeframe.
+    """
+    missing = [c for c in TRADE_COLUMNS if c not in trades.columns]
+    if "is_buy" not in trades.columns and "side" not in trades.columns:
+        missing.append("is_buy or side")
+    if missing:
+        raise ValueError(f"trades frame lacks column(s): {', '.join(missing)}")
+    tf_lengths = {tf: timeframe_ms(tf) for tf in timeframes}
+    if len(tf_lengths) != len(list(timeframes)):
+        raise ValueError(f"duplicate timeframe in {list(timeframes)}")
+
+    if trades.height == 0:
+        return empty_candles()
+    nulls = {c: n for c, n in trades.select(pl.col(TRADE_COLUMNS).null_count()).row(0, named=True).items() if n}
+    if nulls:
+        raise ValueError(f"trades frame has nulls in: {', '.join(f'{c} ({n})' for c, n in nulls.items())}")
+
+    # numpy views of the whole frame (no copy for the numeric columns); each market takes its rows from them.
+    ts_ms = trades["ts_ms"].cast(pl.Int64).to_numpy()
+    price = trades["price"].cast(pl.Float64).to_numpy()
+    qty = trades["qty"].cast(pl.Float64).to_numpy()
+    if "is_buy" in trades.columns:
+        is_buy = trades["is_buy"].fill_null(False).to_numpy()
+    else:
+        is_buy = (trades["side"] == "buy").fill_null(False).to_numpy()
+
+    pieces: list[tuple[str, pl.DataFrame]] = []
+    for (exchange, symbol), rows in _market_rows(trades):
+        market = _sorted_by_time(ts_ms[rows], price[rows], qty[rows], is_buy[rows])
+        for timeframe, tf_ms in tf_lengths.items():
+            pieces.append((candle_key(exchange, symbol, timeframe),
+                           _candles_frame(market, tf_ms, exchange, symbol, timeframe, fill_gaps)))
+    pieces.sort(key=lambda piece: piece[0])
+    return pl.concat([candles for _, candles in pieces], rechunk=True)
+
+
+# Above this many runs of consecutive rows of one market, hash-group the rows instead.
+_MAX_RUNS = 10_000
+
+
+def _market_rows(trades: pl.DataFrame) -> list[tuple[tuple[str, str], slice | np.ndarray]]:
+    """Each (exchange, symbol) of a non-empty frame with its rows (a slice or indices), in input order.
+
+    Files usually hold one market each, so a frame is a few runs of rows of
+    one market: those become slices (views, no copy). Markets interleaved row
+    by row are grouped by hashing instead.
+    """
+    changed = (pl.col("exchange") != pl.col("exchange").shift()) | (pl.col("symbol") != pl.col("symbol").shift())
+    run_starts = trades.select(pl.arg_where(changed.fill_null(True))).to_series().to_numpy()
+    if len(run_starts) <= _MAX_RUNS:
+        run_ends = np.append(run_starts[1:], trades.height)
+        runs: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        heads = trades.select("exchange", "symbol")[run_starts.tolist()]
+        for (exchange, symbol), start, end in zip(heads.iter_rows(), run_starts.tolist(), run_ends.tolist()):
+            runs.setdefault((exchange, symbol), []).append((start, end))
+        return [(market, slice(*spans[0]) if len(spans) == 1
+                 else np.concatenate([np.arange(start, end) for start, end in spans]))
+                for market, spans in runs.items()]
+    # polars keeps the rows of each group in input order: the tie-break on ts_ms survives.
+    groups = (trades.select("exchange", "symbol").with_row_index("row")
+              .group_by("exchange", "symbol").agg(pl.col("row")))
+    rows = groups["row"].explode().cast(pl.Int64).to_numpy()
+    ends = np.cumsum(groups["row"].list.len().to_numpy())
+    starts = ends - groups["row"].list.len().to_numpy()
+    return [((exchange, symbol), rows[start:end])
+            for exchange, symbol, start, end in zip(groups["exchange"], groups["symbol"], starts.tolist(),
+                                                    ends.tolist())]
+
+
+# --- internals ----------------------------------------------------------------
+
+class _SortedTrades:
+    """One key's trades as float64/int64/bool arrays, stably sorted by ts_ms.
+
+    Also what every timeframe needs and is the same for all of them, made once:
+    ``price * qty`` per trade, and the times and quantities of the buys.
+    """
+
+    __slots__ = ("ts_ms", "price", "qty", "quote", "buy_ts_ms", "buy_qty")
+
+    def __init__(self, ts_ms: np.ndarray, price: np.ndarray, qty: np.ndarray, is_buy: np.ndarray) -> None:
+        self.ts_ms, self.price, self.qty = ts_ms, price, qty
+        self.quote = price * qty
+        buys = np.flatnonzero(is_buy)  # then take(): several times faster than boolean indexing twice
+        self.buy_ts_ms, self.buy_qty = ts_ms.take(buys), qty.take(buys)
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+
+def _sorted_by_time(ts_ms: Any, price: Any, qty: Any, is_buy: Any) -> _SortedTrades:
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    prices = np.asarray(price, dtype=np.float64)
+    quantities = np.asarray(qty, dtype=np.float64)
+    buys = np.asarray(is_buy, dtype=bool)
+    if not (ts.ndim == prices.ndim == quantities.ndim == buys.ndim == 1):
+        raise ValueError("ts_ms, price, qty and is_buy must be one-dimensional")
+    if not (len(ts) == len(prices) == len(quantities) == len(buys)):
+        raise ValueError(f"ts_ms, price, qty and is_buy differ in length: "
+                         f"{len(ts)}, {len(prices)}, {len(quantities)}, {len(buys)}")
+    # Files are nearly always in time order already: checking costs one pass, sorting far more.
+    if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
+        order = _stable_time_order(ts)
+        ts, prices, quantities, buys = ts[order], prices[order], quantities[order], buys[order]
+    return _SortedTrades(ts, prices, quantities, buys)
+
+
+def _stable_time_order(ts: np.ndarray) -> np.ndarray:
+    """Indices that sort ``ts`` with ties kept in input order.
+
+    Packing ``(ts - min) * n + index`` into one int64 makes every key unique, so
+    numpy's fast unstable sort gives the stable order; when that would overflow,
+    fall back to the (slower) stable argsort.
+    """
+    n = len(ts)
+    low = int(ts.min())
+    span = int(ts.max()) - low
+    if (span + 1) * n < 2**63:
+        packed = (ts - low) * n + np.arange(n, dtype=np.int64)
+        packed.sort()
+        return packed % n
+    return np.argsort(ts, kind="stable")
+
+
+def _candles_frame(trades: _SortedTrades, tf_ms: int, exchange: str, symbol: str, timeframe: str,
+                   fill_gaps: bool) -> pl.DataFrame:
+    if len(trades) == 0:
+        return empty_candles()
+    columns = _window_columns(trades, tf_ms, fill_gaps)
+    frame = pl.DataFrame(columns)
+    return frame.with_columns(
+        pl.lit(exchange, dtype=pl.String).alias("exchange"),
+        pl.lit(symbol, dtype=pl.String).alias("symbol"),
+        pl.lit(timeframe, dtype=pl.String).alias("timeframe"),
+    ).select(CANDLE_FIELDS)
+
+
+def _sequential_sums(rows: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    """``out[r]`` = 0.0 + the values of row r, added one by one in array order."""
+    # bincount of an empty array returns int64 zeros even with weights.
+    return np.bincount(rows, weights=values, minlength=n_rows).astype(np.float64, copy=False)
+
+
+def _window_columns(trades: _SortedTrades, tf_ms: int, fill_gaps: bool) -> dict[str, np.ndarray]:
+    """The numeric candle columns of time-sorted trades for one timeframe."""
+    ts, price = trades.ts_ms, trades.price
+    n = len(ts)
+    window = ts // tf_ms  # floor division: start_ms = window * tf_ms = ts - ts % tf_ms
+    first_of_window = np.flatnonzero(window[1:] != window[:-1]) + 1
+    starts = np.concatenate(([0], first_of_window))  # index of each traded window's first trade
+    lasts = np.concatenate((first_of_window - 1, [n - 1]))  # ... and of its last trade
+    first_window = int(window[0])
+    buy_window = trades.buy_ts_ms // tf_ms
+
+    if fill_gaps:
+        # One output row per window from the first traded one to the last; a trade's
+        # row is its window's offset from the first.
+        row_of_trade = np.subtract(window, first_window, out=window)
+        n_rows = int(row_of_trade[-1]) + 1
+        start_ms = (first_window + np.arange(n_rows, dtype=np.int64)) * tf_ms
+        traded_rows = row_of_trade[starts]
+        row_of_buy = np.subtract(buy_window, first_window, out=buy_window)
+    else:
+        traded_windows = window[starts]
+        row_of_trade = np.zeros(n, dtype=np.int64)
+        row_of_trade[first_of_window] = 1
+        np.cumsum(row_of_trade, out=row_of_trade)
+        n_rows = len(starts)
+        start_ms = traded_windows * tf_ms
+        traded_rows = np.arange(n_rows)
+        row_of_buy = np.searchsorted(traded_windows, buy_window)
+
+    # Sequential float64 sums in trade order (see the module docstring).
+    volume = _sequential_sums(row_of_trade, trades.qty, n_rows)
+    quote_volume = _sequential_sums(row_of_trade, trades.quote, n_rows)
+    buy_volume = _sequential_sums(row_of_buy, trades.buy_qty, n_rows)
+    trade_count = np.zeros(n_rows, dtype=np.int64)
+    trade_count[traded_rows] = lasts - starts + 1
+
+    close = np.empty(n_rows, dtype=np.float64)
+    close[traded_rows] = price[lasts]
+    if n_rows > len(starts):
+        # A gap row takes the close of the last traded row before it.
+        last_traded = np.where(trade_count > 0, np.arange(n_rows), 0)
+        np.maximum.accumulate(last_traded, out=last_traded)
+        close = close[last_traded]
+    open_, high, low, vwap = close.copy(), close.copy(), close.copy(), close.copy()
+    open_[traded_rows] = price[starts]
+    high[traded_rows] = np.maximum.reduceat(price, starts)
+    low[traded_rows] = np.minimum.reduceat(price, starts)
+    vwap[traded_rows] = quote_volume[traded_rows] / volume[traded_rows]
+
+    return {
+        "start_ms": start_ms,
+        "end_ms": start_ms + tf_ms,
+        "open": open_,
+        "high": high,
+        "low": low,
+        "close": close,
+        "volume": volume,
+        "quote_volume": quote_volume,
+        "vwap": vwap,
+        "trades": trade_count,
+        "buy_volume": buy_volume,
+        "gap_fill": trade_count == 0,
+    }
