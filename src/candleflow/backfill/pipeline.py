@@ -1,0 +1,258 @@
+"""One computation for history: trades -> candles -> features -> the feature store.
+
+The same pure core as streaming, in its vectorised form:
+:func:`candleflow.core.candles_batch.aggregate_frame` for candles (the
+candle contract: identical floats to the streaming aggregator) and
+:func:`candleflow.core.features.compute_batch` on each key's numpy columns
+(TA-Lib's batch functions, equal to the streaming engine candle by candle).
+Everything stays columnar: no Python loop runs per trade or per row. The rows
+are written through the sink's own store code: appended to the offline Parquet
+dataset as typed columns (:meth:`candleflow.store.offline.OfflineDataset.append_frame`)
+and, for the newest row of each key, upserted into the online store, which
+refuses a row older than the one it holds (so a backfill never overwrites
+fresher live rows).
+
+Which candles are written: only complete windows. A window that starts
+before ``since`` lacks its first trades and one that ends after ``until``
+(or after the newest trade fetched, for a REST backfill "up to now") is still
+open; both are left out, and the live pipeline (or a later backfill) produces
+them whole. Trades are de-duplicated by (exchange, symbol, trade_id), keeping
+the first copy; trades without an id (Kraken's time-and-sales files have none)
+cannot be told apart and are all kept (``ComputeResult.without_id`` counts them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from candleflow.config import Settings
+from candleflow.log import get_logger
+
+log = get_logger("candleflow.backfill.pipeline")
+
+# The candle columns the indicators read, as float64 arrays.
+_INDICATOR_INPUTS = ("open", "high", "low", "close", "volume", "quote_volume", "vwap", "buy_volume", "trades")
+
+
+@dataclass
+class StageTimes:
+    dedup_s: float = 0.0
+    candles_s: float = 0.0
+    features_s: float = 0.0
+    offline_s: float = 0.0
+    online_s: float = 0.0
+
+
+@dataclass
+class ComputeResult:
+    trades: int = 0  # unique trades inside the range
+    duplicates: int = 0  # repeated trade ids dropped
+    without_id: int = 0  # trades with no trade id: kept, not de-duplicated
+    out_of_range: int = 0  # trades before since / at or after until
+    candles: int = 0
+    partial_windows: int = 0  # incomplete first/last windows left out
+    keys: int = 0  # (exchange, symbol, timeframe) written
+    offline_files: int = 0
+    online_written: int = 0
+    online_stale: int = 0  # refused: the online store holds a newer row
+    times: StageTimes = field(default_factory=StageTimes)
+    features: pl.DataFrame | None = None  # the rows written (kept for the hand-over and tests)
+
+
+def prepare_trades(trades: pl.DataFrame, since_ms: int | None = None,
+                   until_ms: int | None = None) -> tuple[pl.DataFrame, int, int]:
+    """Trades inside ``[since_ms, until_ms)``, first copy of each trade id; (frame, duplicates, out_of_range)."""
+    total = trades.height
+    if since_ms is not None or until_ms is not None:
+        inside = pl.lit(True)
+        if since_ms is not None:
+            inside = inside & (pl.col("ts_ms") >= since_ms)
+        if until_ms is not None:
+            inside = inside & (pl.col("ts_ms") < until_ms)
+        trades = trades.filter(inside)
+    out_of_range = total - trades.height
+    kept = _first_copies(trades) if "trade_id" in trades.columns else trades
+    return kept, trades.height - kept.height, out_of_range
+
+
+def _first_copies(trades: pl.DataFrame) -> pl.DataFrame:
+    """The first row of each (exchange, symbol, trade_id), in input order; rows without an id are all kept.
+
+    Venues number their trades, and a file or a REST history lists them in
+    increasing order per market, so the usual case is settled by one
+    vectorised check (ids as integers, strictly increasing within each
+    market: no id can repeat) at a fraction of the cost of hashing millions
+    of strings, which is the fallback.
+    """
+    ids = trades["trade_id"]
+    if ids.null_count() == trades.height:
+        return trades
+    numeric = ids.cast(pl.Int64, strict=False)
+    if numeric.null_count() == 0:
+        increasing = (trades.select("exchange", "symbol").with_columns(numeric.alias("id"))
+                      .select((pl.col("id").diff().over("exchange", "symbol") > 0).fill_null(True).all()).item())
+        if increasing:
+            return trades
+    first = pl.col("trade_id").is_null() | pl.struct("exchange", "symbol", "trade_id").is_first_distinct()
+    return trades.filter(first)
+
+
+def complete_windows(candles: pl.DataFrame, since_ms: int | None, until_ms: int | None,
+                     market_until: dict[tuple[str, str], int] | None = None) -> pl.DataFrame:
+    """Drop the windows a backfill cannot have whole: starting before since, ending after until.
+
+    ``market_until`` sets an earlier end for some markets (exchange, symbol): a
+    REST job that stopped early has all trades only up to its newest one.
+    """
+    keep = pl.lit(True)
+    if since_ms is not None:
+        keep = keep & (pl.col("start_ms") >= since_ms)
+    if until_ms is not None:
+        keep = keep & (pl.col("end_ms") <= until_ms)
+    candles = candles.filter(keep)
+    if market_until:
+        limits = pl.DataFrame([(e, s, u) for (e, s), u in market_until.items()],
+                              schema={"exchange": pl.String, "symbol": pl.String, "_until": pl.Int64}, orient="row")
+        candles = (candles.join(limits, on=["exchange", "symbol"], how="left", maintain_order="left")
+                   .filter(pl.col("_until").is_null() | (pl.col("end_ms") <= pl.col("_until"))).drop("_until"))
+    return candles
+
+
+def compute(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, since_ms: int | None = None,
+            until_ms: int | None = None,
+            market_until: dict[tuple[str, str], int] | None = None) -> tuple[pl.DataFrame, ComputeResult]:
+    """Trades -> Features rows (candle fields + every configured output), ordered by key then start."""
+    from candleflow.core.candles_batch import aggregate_frame
+
+    result = ComputeResult()
+    started = time.perf_counter()
+    trades, result.duplicates, result.out_of_range = prepare_trades(trades, since_ms, until_ms)
+    result.trades = trades.height
+    result.without_id = trades["trade_id"].null_count() if "trade_id" in trades.columns else trades.height
+    if result.without_id:
+        log.warning("trades without a trade id cannot be de-duplicated; all of them are kept",
+                    without_id=result.without_id, trades=result.trades)
+    result.times.dedup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    candles = aggregate_frame(trades, timeframes)
+    all_candles = candles.height
+    candles = complete_windows(candles, since_ms, until_ms, market_until)
+    result.partial_windows = all_candles - candles.height
+    result.candles = candles.height
+    result.times.candles_s = time.perf_counter() - started
+    started = time.perf_counter()
+    rows = features_frame(candles, settings)
+    result.times.features_s = time.perf_counter() - started
+    result.keys = rows.select("exchange", "symbol", "timeframe").n_unique() if rows.height else 0
+    return rows, result
+
+
+def features_frame(candles: pl.DataFrame, settings: Settings) -> pl.DataFrame:
+    """Features rows (candle fields + every configured output, null in warm-up) of candles ordered by key then start.
+
+    The candles come from ``aggregate_frame``, valid and complete by
+    construction, so the batch engine runs straight on each key's numpy
+    columns (views of one contiguous frame); the outputs are stitched into
+    whole columns once.
+    """
+    from candleflow.core.features import all_feature_columns, compute_batch, indicators_for
+
+    config = settings.features
+    columns = all_feature_columns(config)
+    candles = candles.rechunk()
+    inputs = {name: candles[name].cast(pl.Float64).to_numpy() for name in _INDICATOR_INPUTS}
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in columns}
+    for timeframe, start, end in _key_spans(candles):
+        values = compute_batch(indicators_for(config, timeframe), {k: v[start:end] for k, v in inputs.items()},
+                               config.candle_features)
+        for name in columns:
+            outputs[name].append(np.asarray(values[name], dtype=np.float64) if name in values
+                                 else np.full(end - start, np.nan))
+    return candles.with_columns([
+        pl.Series(name, np.concatenate(parts) if parts else np.empty(0), dtype=pl.Float64).fill_nan(None)
+        for name, parts in outputs.items()])
+
+
+def _key_spans(candles: pl.DataFrame) -> list[tuple[str, int, int]]:
+    """(timeframe, first row, end row) of each run of one (exchange, symbol, timeframe)."""
+    if not candles.height:
+        return []
+    key = ("exchange", "symbol", "timeframe")
+    changed = pl.any_horizontal([pl.col(c) != pl.col(c).shift() for c in key]).fill_null(True)
+    starts = candles.select(pl.arg_where(changed)).to_series().to_list()
+    ends = [*starts[1:], candles.height]
+    timeframes = candles["timeframe"].gather(starts).to_list()
+    return list(zip(timeframes, starts, ends))
+
+
+def latest_per_key(rows: pl.DataFrame) -> list[dict[str, Any]]:
+    """The newest row of each (exchange, symbol, timeframe)."""
+    if not rows.height:
+        return []
+    return (rows.sort("start_ms").group_by(["exchange", "symbol", "timeframe"], maintain_order=True).last()
+            .select(rows.columns).to_dicts())
+
+
+def write_store(rows: pl.DataFrame, settings: Settings, result: ComputeResult, *, online: bool = True,
+                on_written: Callable[[int], None] | None = None) -> None:
+    """Append every row to the offline dataset, then the newest row per key online (the sink's store code)."""
+    from candleflow.store import repo
+    from candleflow.store.base import online_writer
+    from candleflow.store.offline import OfflineDataset
+
+    columns: dict[str, Sequence[str]] = {tf: list(s.feature_columns) for tf, s in repo.view_schemas(settings).items()}
+    started = time.perf_counter()
+    written = OfflineDataset(settings.store.offline_dir).append_frame(rows, columns, on_written)
+    result.offline_files += len(written)
+    result.times.offline_s = time.perf_counter() - started
+    if not online or not rows.height:
+        return
+    started = time.perf_counter()
+    writer = online_writer(settings)
+    writer.setup()
+    try:
+        stats = writer.write(latest_per_key(rows))
+    finally:
+        writer.close()
+    result.online_written, result.online_stale = stats.written, stats.stale
+    result.times.online_s = time.perf_counter() - started
+
+
+def run(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, since_ms: int | None = None,
+        until_ms: int | None = None, market_until: dict[tuple[str, str], int] | None = None, online: bool = True,
+        on_written: Callable[[int], None] | None = None) -> ComputeResult:
+    rows, result = compute(trades, timeframes, settings, since_ms=since_ms, until_ms=until_ms,
+                           market_until=market_until)
+    write_store(rows, settings, result, online=online, on_written=on_written)
+    result.features = rows
+    log.info("backfill written", trades=result.trades, candles=result.candles, keys=result.keys,
+             offline_files=result.offline_files, online_written=result.online_written,
+             online_stale=result.online_stale)
+    return result
+
+
+def rest_trades(caches: list[Any]) -> pl.DataFrame:
+    """Every cached REST trade of these jobs (PageCache), in page order, as a trades frame."""
+    frames = []
+    for cache in caches:
+        checkpoint = cache.load()
+        for page in cache.pages(checkpoint):
+            if not page.trade_id:
+                continue
+            frames.append(pl.DataFrame({
+                "trade_id": page.trade_id, "price": page.price, "qty": page.qty, "side": page.side,
+                "ts_ms": page.ts_ms, "recv_ms": page.recv_ms,
+            }, schema={"trade_id": pl.String, "price": pl.Float64, "qty": pl.Float64, "side": pl.String,
+                       "ts_ms": pl.Int64, "recv_ms": pl.Int64}).with_columns(
+                pl.lit(cache.exchange).alias("exchange"), pl.lit(cache.symbol).alias("symbol")))
+    if not frames:
+        return pl.DataFrame(schema={"trade_id": pl.String, "price": pl.Float64, "qty": pl.Float64,
+                                    "side": pl.String, "ts_ms": pl.Int64, "recv_ms": pl.Int64,
+                                    "exchange": pl.String, "symbol": pl.String})
+    return pl.concat(frames, rechunk=True)
