@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 
+from candleflow.broker.local import pid_alive  # noqa: F401 - part of this module's API (up, status)
 from candleflow.config import KafkaConfig, Settings, timeframe_ms
 
 STATE_FILE = "up.json"
@@ -61,18 +62,6 @@ def read_state(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- HTTP probes ------------------------------------------------------------------------

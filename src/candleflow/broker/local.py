@@ -152,7 +152,7 @@ class LocalBroker:
                                      "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless)")
         self.ensure_jars(out)
         for port in (self.config.port, self.config.controller_port):
-            if _port_open(self.config.host, port):
+            if port_open(self.config.host, port):
                 raise BrokerError(
                     f"port {self.config.host}:{port} is already in use by another program; choose other ports "
                     "(kafka.local.port / kafka.local.controller_port) " + _NO_CLUSTER_HINT
@@ -252,7 +252,7 @@ class LocalBroker:
                 tail = "\n".join(self.tail_log(30))
                 raise BrokerError(f"the Kafka broker exited with status {proc.returncode} during start-up; "
                                   f"last lines of {self.log_file}:\n{tail}")
-            if _port_open(self.config.host, self.config.port) and metadata_ready(self.bootstrap):
+            if port_open(self.config.host, self.config.port) and metadata_ready(self.bootstrap):
                 return
             time.sleep(0.25)
         raise BrokerError(f"the Kafka broker did not answer within {self.config.start_timeout_s:.0f}s; "
@@ -264,12 +264,12 @@ class LocalBroker:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        while _pid_alive(pid):
+        while pid_alive(pid):
             time.sleep(0.05)
 
 
@@ -312,13 +312,15 @@ def _require_tool(name: str, why: str) -> str:
     return path
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -335,7 +337,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _is_broker_process(pid: int) -> bool:
     """A live pid that really is a Kafka broker (pids get reused after a reboot)."""
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -161,9 +161,9 @@ def plan_services(settings: Settings, *, simulate: bool, services: list[str],
 
 
 def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((_loopback(host), port)) == 0
+    from candleflow.broker.local import port_open
+
+    return port_open(_loopback(host), port)
 
 
 def _free_port() -> int:
