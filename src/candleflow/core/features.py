@@ -374,6 +374,50 @@ def _replay_runner(indicator: Indicator) -> Any:
     return run
 
 
+_steps_factories: dict[tuple[Any, ...], Any] = {}
+_state_reader_factories: dict[tuple[Any, ...], Any] = {}
+
+
+def _steps_factory(calls: tuple[tuple[tuple[str, ...], tuple[tuple[int, str], ...]], ...]) -> Any:
+    """For FeatureEngine._compile_steps: a function that takes the indicators' update methods and
+    returns the straight-line step function; compiled once per indicator layout (engines are
+    also built for every provisional row)."""
+    factory = _steps_factories.get(calls)
+    if factory is None:
+        updates = [f"update_{number}" for number in range(len(calls))]
+        lines = [f"def factory({', '.join(updates)}):",
+                 "    def run_steps(values, row):",
+                 f"        {', '.join(INPUT_COLUMNS)} = values"]
+        for update, (inputs, outputs) in zip(updates, calls):
+            lines.append(f"        result = {update}({', '.join(inputs)})")
+            for index, name in outputs:
+                lines.append(f"        value = result[{index}]")
+                lines.append(f"        row[{name!r}] = None if value != value else value")
+        lines.append("    return run_steps")
+        namespace: dict[str, Any] = {}
+        exec(compile("\n".join(lines), "<FeatureEngine steps>", "exec"), namespace)
+        factory = _steps_factories[calls] = namespace["factory"]
+    return factory
+
+
+def _state_reader_factory(layout: tuple[tuple[str, ...], ...]) -> Any:
+    """For FeatureEngine: a function that takes the state parts (objects) and returns a function
+    reading all their plain slots at once, ``[(part_0.slot_a, part_0.slot_b), (), ...]``, as
+    straight-line code (it runs after every candle); compiled once per state layout."""
+    factory = _state_reader_factories.get(layout)
+    if factory is None:
+        parts = [f"part_{number}" for number in range(len(layout))]
+        tuples = ["(" + "".join(f"{part}.{slot}, " for slot in slots) + ")" for part, slots in zip(parts, layout)]
+        lines = [f"def factory({', '.join(parts)}):",
+                 "    def read_state():",
+                 f"        return [{', '.join(tuples)}]",
+                 "    return read_state"]
+        namespace: dict[str, Any] = {}
+        exec(compile("\n".join(lines), "<FeatureEngine state>", "exec"), namespace)
+        factory = _state_reader_factories[layout] = namespace["factory"]
+    return factory
+
+
 class FeatureEngine:
     """Streaming features of one (exchange, symbol, timeframe): the next final candle in, its row out.
 
@@ -396,23 +440,32 @@ class FeatureEngine:
             if impl is None:
                 impl = Replay(_replay_runner(ind), len(ind.input_columns))
             self._steps.append((impl, ind.input_columns, ind.outputs))
-        # Per step: the bound update, a getter of its inputs from the candle's value tuple, its outputs.
-        self._plan = []
-        for impl, inputs, outputs in self._steps:
-            positions = [INPUT_COLUMNS.index(col) for col in inputs]
-            getter = operator.itemgetter(*positions)
-            self._plan.append((impl.update, getter, len(positions) == 1, outputs))
+        self._run_steps = self._compile_steps()
         self.columns = [name for ind in self.indicators for name in ind.columns] + list(self.candle_features)
         self.fingerprint = self._fingerprint()
         from candleflow.core.indicators import state_parts
 
         # The state layout: every indicator object (nested ones included) with its plain slots.
         self._parts = [part for impl, _, _ in self._steps for part in state_parts(impl)]
-        self._part_getters = [
-            operator.attrgetter(*slots) if len(slots) > 1 else (
-                (lambda obj, _slot=slots[0]: (getattr(obj, _slot),)) if slots else (lambda obj: ()))
-            for _, slots in self._parts
-        ]
+        # read_state() -> [tuple of each part's plain slot values, ...], written out like the steps.
+        self._read_state = _state_reader_factory(tuple(slots for _, slots in self._parts))(
+            *(obj for obj, _ in self._parts))
+
+    def _compile_steps(self) -> Any:
+        """One function that feeds a candle's values to every indicator in order and fills the row.
+
+        The hot path of the streaming service: written out as straight-line code
+        (a call per indicator with its inputs by name, one line per output), it
+        avoids a per-indicator loop with input getters, argument tuples and
+        output lookups. Equivalent to::
+
+            for impl, inputs, outputs in self._steps:
+                result = impl.update(*(values[INPUT_COLUMNS.index(col)] for col in inputs))
+                for index, name in outputs:
+                    row[name] = None if result[index] is NaN else result[index]
+        """
+        calls = tuple((inputs, outputs) for _, inputs, outputs in self._steps)
+        return _steps_factory(calls)(*(impl.update for impl, _, _ in self._steps))
 
     @classmethod
     def for_timeframe(cls, config: FeaturesConfig, timeframe: str) -> FeatureEngine:
@@ -433,12 +486,8 @@ class FeatureEngine:
         else:
             values = _candle_values(candle)
         row: dict[str, float | None] = {}
-        for update, getter, single, outputs in self._plan:
-            result = update(getter(values)) if single else update(*getter(values))
-            for index, name in outputs:
-                value = result[index]
-                row[name] = None if value != value else value
-        self._candle_features(dict(zip(INPUT_COLUMNS, values)), row)
+        self._run_steps(values, row)
+        self._candle_features(values, row)
         self.count += 1
         self.prev_close = values[3]
         return row
@@ -449,29 +498,30 @@ class FeatureEngine:
         clone.load_state(self.to_state())
         return clone.update(candle)
 
-    def _candle_features(self, values: dict[str, float], row: dict[str, float | None]) -> None:
-        close, prev = values["close"], self.prev_close
+    def _candle_features(self, values: tuple[float, ...], row: dict[str, float | None]) -> None:
+        open_, high, low, close, volume, _quote_volume, vwap, buy_volume, _trades = values  # INPUT_COLUMNS
         for name in self.candle_features:
             if name == "log_return_1":
-                row[name] = math.log(close / prev) if self.count > 0 else None
+                row[name] = math.log(close / self.prev_close) if self.count > 0 else None
             elif name == "range_pct":
-                row[name] = (values["high"] - values["low"]) / close
+                row[name] = (high - low) / close
             elif name == "body_pct":
-                row[name] = (close - values["open"]) / values["open"]
+                row[name] = (close - open_) / open_
             elif name == "vwap_dist":
-                row[name] = close / values["vwap"] - 1.0
+                row[name] = close / vwap - 1.0
             elif name == "buy_ratio":
-                row[name] = values["buy_volume"] / values["volume"] if values["volume"] > 0 else None
+                row[name] = buy_volume / volume if volume > 0 else None
 
     def raw_state(self) -> dict[str, Any]:
-        """The state with live references (no copies, NaN kept): encode it at once, e.g. with
-        msgspec (NaN becomes null), as the service's state store does; see :meth:`to_state`."""
+        """The state with live references (no copies, NaN kept): encode it at once, as the
+        service's state store does (MessagePack, NaN kept; JSON writes NaN as null, see
+        :meth:`to_state`). Both decode to data :meth:`load_state` restores exactly."""
         return {
             "version": STATE_VERSION,
             "fingerprint": self.fingerprint,
             "count": self.count,
             "prev_close": self.prev_close,
-            "indicators": [getter(obj) for getter, (obj, _) in zip(self._part_getters, self._parts)],
+            "indicators": self._read_state(),
         }
 
     def to_state(self) -> dict[str, Any]:

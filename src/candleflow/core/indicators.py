@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import reduce
+from itertools import repeat
+from operator import add, mul, sub
 from typing import Any
 
 NAN = float("nan")
@@ -146,18 +149,19 @@ class SMA(Incremental):
 
     def step(self, x: float) -> float:
         period = self.period
-        self.count += 1
-        if self.count < period:
-            self.total += x
+        count = self.count = self.count + 1
+        total = self.total + x
+        if count < period:
+            self.total = total
             self.window.append(x)
             return NAN
-        self.total += x
-        out = self.total / period
+        out = total / period
         if period > 1:
-            self.total -= self.window.pop(0)
+            total -= self.window.pop(0)
             self.window.append(x)
         else:
-            self.total -= x
+            total -= x
+        self.total = total
         return out
 
 
@@ -178,14 +182,13 @@ class EMA(Incremental):
 
     def step(self, x: float) -> float:
         self.count += 1
-        if self.count < self.period:
-            self.seed_total += x
-            return NAN
-        if self.count == self.period:
-            self.seed_total += x
-            self.value = self.seed_total / self.period
+        if self.count > self.period:  # the steady state, tested first
+            self.value = ((x - self.value) * self.k) + self.value
             return self.value
-        self.value = ((x - self.value) * self.k) + self.value
+        self.seed_total += x
+        if self.count < self.period:
+            return NAN
+        self.value = self.seed_total / self.period
         return self.value
 
 
@@ -370,36 +373,28 @@ class RSI(Incremental):
 
     def update(self, x: float) -> tuple[float]:
         period = self.period
-        self.count += 1
-        if self.count == 1:
+        count = self.count = self.count + 1
+        if count == 1:
             self.prev = x
             return (NAN,)
         change = x - self.prev
         self.prev = x
-        if self.count <= period:
-            if change < 0:
-                self.loss -= change
-            else:
-                self.gain += change
-            return (NAN,)
-        if self.count == period + 1:
-            if change < 0:
-                self.loss -= change
-            else:
-                self.gain += change
-            self.loss /= period
-            self.gain /= period
+        gain, loss = self.gain, self.loss
+        if count > period + 1:  # after the seed: Wilder smoothing
+            loss *= period - 1
+            gain *= period - 1
+        if change < 0:
+            loss -= change
         else:
-            self.loss *= period - 1
-            self.gain *= period - 1
-            if change < 0:
-                self.loss -= change
-            else:
-                self.gain += change
-            self.loss /= period
-            self.gain /= period
-        total = self.gain + self.loss
-        return (100.0 * (self.gain / total) if not _is_zero(total) else 0.0,)
+            gain += change
+        if count <= period:  # still summing the seed
+            self.gain, self.loss = gain, loss
+            return (NAN,)
+        loss /= period
+        gain /= period
+        self.gain, self.loss = gain, loss
+        total = gain + loss
+        return (100.0 * (gain / total) if total != 0.0 else 0.0,)  # _is_zero(total), inlined
 
 
 class MOM(Incremental):
@@ -507,13 +502,11 @@ class CCI(Incremental):
         self.count += 1
         if self.count < period:
             return (NAN,)
-        average = 0.0
-        for value in buffer:
-            average += value
+        # Plain left-to-right sums from 0.0, like the C loops (not sum(), which compensates
+        # rounding on Python >= 3.12), run by reduce at C speed.
+        average = reduce(add, buffer, 0.0)
         average /= period
-        deviation = 0.0
-        for value in buffer:
-            deviation += abs(value - average)
+        deviation = reduce(add, map(abs, map(sub, buffer, repeat(average))), 0.0)
         distance = last - average
         mean_deviation = deviation / period
         # TA-Lib 0.8 treats a distance or deviation within 1e-14 of the mean as noise (0), so a
@@ -592,13 +585,9 @@ class AROON(Incremental):
         if len(highs) > period + 1:
             highs.pop(0)
             lows.pop(0)
-        high_idx = low_idx = 0
-        highest, lowest = highs[0], lows[0]
-        for i in range(1, period + 1):
-            if highs[i] >= highest:
-                highest, high_idx = highs[i], i
-            if lows[i] <= lowest:
-                lowest, low_idx = lows[i], i
+        # The index (0..period) of the highest high and of the lowest low, the latest on ties.
+        high_idx = period - highs[::-1].index(max(highs))
+        low_idx = period - lows[::-1].index(min(lows))
         factor = 100.0 / period
         # TA-Lib: factor * (period - (today - idx)); today - idx is period - (index in the window)
         return (factor * low_idx, factor * high_idx)
@@ -730,7 +719,8 @@ def _window_variance(window: list[float]) -> float:
     """
     period = len(window)
     mean = math.fsum(window) / period
-    return math.fsum([(v - mean) * (v - mean) for v in window]) / period
+    deviations = list(map(sub, window, repeat(mean)))
+    return math.fsum(map(mul, deviations, deviations)) / period
 
 
 class VAR(Incremental):
