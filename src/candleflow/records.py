@@ -19,6 +19,7 @@ import msgspec
 
 EXCHANGES = ("kraken", "binance", "coinbase", "bybit", "okx")
 SIDES = ("buy", "sell")
+_INF = math.inf
 
 
 class RecordError(ValueError):
@@ -58,6 +59,11 @@ class Trade(msgspec.Struct, frozen=True, kw_only=True):
     recv_ms: int  # wall clock at ingest, epoch ms
 
     def __post_init__(self) -> None:
+        # Every Trade passes through here once, on the hot ingest path: one chained test
+        # accepts a valid trade; the checks below only run to name the offending field.
+        if (self.exchange and self.symbol and self.trade_id and 0.0 < self.price < _INF and 0.0 < self.qty < _INF
+                and self.ts_ms >= 0):
+            return
         _require_text("trade", "exchange", self.exchange)
         _require_text("trade", "symbol", self.symbol)
         _require_text("trade", "trade_id", self.trade_id)

@@ -26,7 +26,7 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage
-from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
+from candleflow.exchanges.fields import NUMBER_TEXT, FieldError, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_ms
 from candleflow.records import Trade
 
@@ -67,6 +67,7 @@ class _Envelope(msgspec.Struct):
 
 _envelope = msgspec.json.Decoder(_Envelope)
 _trade = msgspec.json.Decoder(_Trade)
+_is_number = NUMBER_TEXT.match  # decimal text that float() reads the way the exchange means it
 
 
 @functools.lru_cache(maxsize=4096)
@@ -120,19 +121,34 @@ def _to_trade(event: bytes, recv_ms: int) -> Trade:
         side="sell" if wire.m else "buy", ts_ms=ts_ms, recv_ms=recv_ms)
 
 
+def _parse_trade_event(data: bytes, recv_ms: int) -> Trade | None:
+    """The raw endpoint's usual frame in one decode, or None when anything in it is unusual.
+
+    Anything unusual (a bad field, a string time, a symbol that does not map) goes to the
+    general path in :func:`parse_frame`, which says what is wrong, so both paths give the
+    same result for any frame. The Trade is validated once, by its own constructor.
+    """
+    try:
+        wire = _trade.decode(data)
+        price, qty, trade_id, ts_ms = wire.p, wire.q, wire.t, wire.T
+        if type(ts_ms) is not int or not (_is_number(price) and _is_number(qty)):
+            return None
+        return Trade(exchange=NAME, symbol=canonical_symbol(wire.s),
+                     trade_id=trade_id if type(trade_id) is str else str(trade_id),
+                     price=float(price), qty=float(qty), side="sell" if wire.m else "buy", ts_ms=ts_ms,
+                     recv_ms=recv_ms)
+    except ValueError:  # includes msgspec's DecodeError / ValidationError and SymbolError
+        return None
+
+
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
     """One websocket frame (raw or combined endpoint) -> ParseResult. Never raises."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-    result = ParseResult()
     if data.startswith(b'{"e":"trade"'):  # the raw endpoint's usual frame: one decode, not two
-        try:
-            result.trades.append(_to_trade(data, recv_ms))
-            return result
-        except FieldError as exc:
-            result.errors.append(exc.to_frame_error(data))
-            return result
-        except (ValueError, msgspec.DecodeError):
-            pass  # not a well-formed trade event: the general path below says why
+        trade = _parse_trade_event(data, recv_ms)
+        if trade is not None:
+            return ParseResult(trades=[trade], control=[], errors=[])
+    result = ParseResult()
     try:
         env = _envelope.decode(data)
     except msgspec.ValidationError as exc:

@@ -9,7 +9,7 @@ or gap-fill page can reach.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 
 from candleflow.records import Trade
 
@@ -19,7 +19,10 @@ class TradeDedup:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        # A set answers "seen?"; the deque remembers the order in which to forget
+        # (cheaper per trade than an OrderedDict, which keeps a linked list).
+        self._seen: set[tuple[str, str, str]] = set()
+        self._order: deque[tuple[str, str, str]] = deque()
         self.duplicates = 0
 
     def __len__(self) -> int:
@@ -31,12 +34,15 @@ class TradeDedup:
     def add(self, trade: Trade) -> bool:
         """Remember `trade`; True when it is new, False for a duplicate."""
         key = (trade.exchange, trade.symbol, trade.trade_id)
-        if key in self._seen:
+        seen = self._seen
+        if key in seen:
             self.duplicates += 1
             return False
-        self._seen[key] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
+        seen.add(key)
+        order = self._order
+        order.append(key)
+        if len(order) > self.capacity:
+            seen.discard(order.popleft())
         return True
 
     def filter(self, trades: list[Trade]) -> list[Trade]:

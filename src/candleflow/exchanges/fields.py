@@ -18,7 +18,7 @@ from candleflow.exchanges.base import FrameError
 
 # A JSON number literal, or the decimal strings venues send (no exponent needed,
 # but allowed). Rejects "nan", "inf", "0x10", "1_000", " 1" that float() would take.
-_NUMBER = re.compile(r"^-?(?:\d+)(?:\.\d+)?(?:[eE][+-]?\d+)?$", re.ASCII)
+NUMBER_TEXT = re.compile(r"^-?(?:\d+)(?:\.\d+)?(?:[eE][+-]?\d+)?$", re.ASCII)
 
 
 class FieldError(ValueError):
@@ -55,7 +55,7 @@ def positive_float(value: object, field: str) -> float:
         number = math.nan
     # float() also takes "nan", "inf", "1_000" and spaces; the pattern check runs only
     # on the unusual texts, so the common case costs one float().
-    if not (number > 0 and math.isfinite(number)) or not _NUMBER.match(text):
+    if not (number > 0 and math.isfinite(number)) or not NUMBER_TEXT.match(text):
         raise FieldError(f"invalid_{field}", f"{field} must be a finite number > 0, got {text[:40]}")
     return number
 

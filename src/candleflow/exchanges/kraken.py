@@ -27,7 +27,7 @@ from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage
 from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_seconds_text_ms, rfc3339_ms
-from candleflow.records import Trade
+from candleflow.records import SIDES, Trade
 
 if TYPE_CHECKING:
     import httpx
@@ -60,8 +60,38 @@ class _WsTrade(msgspec.Struct):
     ord_type: str = ""  # market | limit (taker's order type)
 
 
+class _FastWsTrade(msgspec.Struct):
+    """`_WsTrade` with typed numbers, for the one-pass decode of a whole trade message.
+
+    msgspec reads a JSON number's literal with correct rounding, so ``price`` is the
+    same float as ``float(text)`` of the exchange's text.
+    """
+
+    symbol: str
+    side: str
+    price: float
+    qty: float
+    trade_id: int | str
+    timestamp: str
+    ord_type: str = ""
+
+
+class _TradeMessage(msgspec.Struct):
+    """`_Envelope` with typed trade entries: accepts no frame that `_Envelope` rejects."""
+
+    channel: str | None = None
+    type: str | None = None
+    method: str | None = None
+    success: bool | None = None
+    error: str | None = None
+    result: msgspec.Raw = msgspec.Raw()
+    data: list[_FastWsTrade] | None = None
+
+
 _envelope = msgspec.json.Decoder(_Envelope)
 _ws_trade = msgspec.json.Decoder(_WsTrade)
+_trade_message = msgspec.json.Decoder(_TradeMessage)
+_TRADE_PREFIX = b'{"channel":"trade"'
 
 
 @functools.lru_cache(maxsize=4096)
@@ -129,9 +159,43 @@ def _ws_trade_to_trade(entry: bytes, recv_ms: int) -> Trade:
     )
 
 
+def _parse_trade_message(data: bytes, recv_ms: int) -> ParseResult | None:
+    """The usual trade message in one decode, or None when anything in it is unusual.
+
+    Only well-formed frames whose every entry makes a valid Trade take this path; for
+    anything else the general path in :func:`parse_frame` runs from scratch and says
+    what is wrong, entry by entry, so both paths give the same result for any frame.
+    Each Trade is validated once, by its own constructor.
+    """
+    try:
+        message = _trade_message.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if message.method is not None or message.channel != "trade" or message.data is None:
+        return None
+    trades = []
+    try:
+        for wire in message.data:
+            trade_id = wire.trade_id
+            if wire.side not in SIDES:
+                return None
+            trades.append(Trade(
+                exchange=NAME, symbol=canonical_symbol(wire.symbol),
+                trade_id=trade_id if type(trade_id) is str else str(trade_id),
+                price=wire.price, qty=wire.qty, side=wire.side,  # type: ignore[arg-type]
+                ts_ms=rfc3339_ms(wire.timestamp), recv_ms=recv_ms))
+    except ValueError:  # a bad symbol, timestamp or Trade field: the general path names it
+        return None
+    return ParseResult(trades=trades, snapshot=message.type == "snapshot")
+
+
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
     """One websocket frame -> trades, control notices and errors. Never raises."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    if data.startswith(_TRADE_PREFIX):
+        fast = _parse_trade_message(data, recv_ms)
+        if fast is not None:
+            return fast
     result = ParseResult()
     try:
         env = _envelope.decode(data)

@@ -22,18 +22,27 @@ _DECIMAL = re.compile(r"^(\d+)(?:\.(\d+))?$", re.ASCII)
 
 
 @functools.lru_cache(maxsize=4096)
-def _minute_start_s(prefix: str) -> int:
-    """Epoch seconds of ``YYYY-MM-DDTHH:MM`` (cached: a feed's timestamps share few minutes)."""
-    return rfc3339_ms(prefix + ":00Z") // 1000
+def _minute_start_ms(prefix: str) -> int:
+    """Epoch ms of ``YYYY-MM-DDTHH:MM`` (cached: a feed's timestamps share few minutes)."""
+    return _parse_rfc3339(prefix + ":00Z")
 
 
 def rfc3339_ms(text: str) -> int:
     """``2023-10-06T17:35:55.440295Z`` -> ``1696613755440``. Raises ValueError."""
-    # fast path for the usual UTC form with a fraction: cached minute + seconds + ms digits
-    if len(text) >= 22 and text[-1] == "Z" and text[19] == "." and text[10] == "T" and text[16] == ":" and text.isascii() \
-            and text[17:19].isdigit() \
-            and text[20:-1].isdigit() and len(text) <= 30 and text[17] <= "5":
-        return (_minute_start_s(text[:16]) + int(text[17:19])) * 1000 + int((text[20:-1] + "00")[:3])
+    # Fast path for the usual UTC form with 1 to 9 fractional digits: the minute is
+    # parsed once (cached), then seconds and the fraction's first 3 digits are added.
+    if 22 <= len(text) <= 30 and text[16] == ":" and text[19] == "." and text[-1] == "Z":
+        seconds = text[17:19]
+        fraction = text[20:-1]
+        if seconds.isascii() and seconds.isdigit() and seconds < "60" and fraction.isascii() and fraction.isdigit():
+            try:
+                return _minute_start_ms(text[:16]) + int(seconds) * 1000 + int((fraction + "00")[:3])
+            except ValueError:
+                pass  # the general path below names the problem with the whole text
+    return _parse_rfc3339(text)
+
+
+def _parse_rfc3339(text: str) -> int:
     match = _RFC3339.match(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text[:64]!r}")
