@@ -8,7 +8,7 @@ import msgspec
 import polars as pl
 
 from candleflow.backfill import pipeline
-from candleflow.backfill.handover import engine_states, load_state, save_states, service_state
+from candleflow.backfill.handover import engine_states, load_state, save_states
 from candleflow.config import Settings
 from candleflow.core.features import feature_columns
 from candleflow.records import CANDLE_FIELDS, candle_from_dict, encode
@@ -42,7 +42,7 @@ def test_live_service_seeded_with_the_backfill_state_equals_batch_over_all_histo
     assert state is not None and state.last_start_ms == boundary - 60_000 and state.count == backfilled.height
 
     processor = FeaturesProcessor(settings)
-    store = DictState(service_state(state))
+    store = DictState({})  # a key the live service has never seen: it seeds itself from the saved state
     key = "kraken:BTC/USD:1m"
     # The overlap fetched twice on purpose: the boundary candle comes again and is refused, not duplicated.
     last_backfilled = candle_from_dict({c: backfilled[c][-1] for c in CANDLE_FIELDS})
@@ -63,3 +63,17 @@ def test_live_service_seeded_with_the_backfill_state_equals_batch_over_all_histo
             else:
                 assert math.isclose(a, e, rel_tol=1e-9, abs_tol=1e-9), (candle.start_ms, name, a, e)
     assert live.height > 100  # enough live candles for the long-memory indicators to matter
+
+
+def test_a_hand_over_state_of_another_indicator_configuration_is_ignored(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    trades = synthetic_trades(1_500, [("kraken", "BTC/USD")], seed=3)
+    full, _ = pipeline.compute(trades, ["1m"], settings, since_ms=SINCE_MS)
+    save_states(engine_states(full, settings), tmp_path)
+
+    other = Settings(data_dir=tmp_path, features={"indicators": [{"function": "RSI", "params": {"timeperiod": 5}}]})
+    processor = FeaturesProcessor(other)
+    last = candle_from_dict({c: full[c][-1] for c in CANDLE_FIELDS})
+    [(destination, raw)] = processor.final(encode(last), "kraken:BTC/USD:1m", DictState({}))
+    assert destination == FEATURES  # not refused as stale: the saved state was not used
+    assert msgspec.json.decode(raw)["rsi_5"] is None  # a fresh engine is still warming up

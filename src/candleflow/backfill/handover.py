@@ -7,12 +7,9 @@ the vectorised computation, :func:`engine_states` replays each key's candles
 through the streaming :class:`~candleflow.core.features.FeatureEngine` (the
 service's own engine) and keeps its final state.
 
-:func:`service_state` lays a state out exactly as the features service keeps
-it per message key (``position:<fingerprint>`` = ``[last start_ms, count]``,
-``engine:<fingerprint>`` = the engine state), so a state store seeded with it
-continues with the first live candle, which must start right after
-``last_start_ms``. The states are saved as JSON files under
-``<data_dir>/backfill/handover/`` (one per key) by :func:`save_states`.
+The states are saved as JSON files under ``<data_dir>/backfill/handover/``
+(one per key) by :func:`save_states`; the features service reads a key's file
+with :func:`load_state` the first time it sees that key.
 
 How live takes over (per market):
 
@@ -21,11 +18,10 @@ How live takes over (per market):
 2. backfill with ``--until`` W0 (or later: windows covered twice are the same
    identity; the offline readers and ``store compact`` keep one copy and the
    online store refuses older rows) and ``--handover-state``;
-3. the features service continues each key from the saved state: a replayed
-   candle at or before ``last_start_ms`` is refused as stale (no duplicate), the
-   next one continues the indicators exactly. Loading the saved state into the
-   service's state store is not automatic yet: the service needs a seed step
-   that reads :func:`load_state` for a key it has no state for.
+3. the features service (same ``data_dir``) continues each key it has no state
+   for from the saved state: a replayed candle at or before ``last_start_ms`` is
+   refused as stale (no duplicate), the next one continues the indicators
+   exactly. A state saved for another indicator configuration is ignored.
 """
 
 from __future__ import annotations
@@ -75,12 +71,6 @@ def engine_states(rows: pl.DataFrame, settings: Settings) -> list[HandoverState]
         states.append(HandoverState(str(exchange), str(symbol), str(timeframe), int(group["start_ms"][-1]),
                                     engine.count, engine.fingerprint, engine.to_state()))
     return states
-
-
-def service_state(state: HandoverState) -> dict[str, Any]:
-    """The features service's state entries of this key (see services/features.py ``FeaturesProcessor``)."""
-    return {f"position:{state.fingerprint}": [state.last_start_ms, state.count],
-            f"engine:{state.fingerprint}": state.engine}
 
 
 def state_path(data_dir: str | os.PathLike[str], exchange: str, symbol: str, timeframe: str) -> Path:

@@ -126,7 +126,7 @@ class FeaturesProcessor:
         position = state.get(position_key, None)
         cached = self._cache.get(candle.key)
         if position is None:
-            engine, last_start = self._engine_for(candle.timeframe), None
+            engine, last_start = self._seeded(candle)
         else:
             last_start, count = position
             if cached is not None and cached.last_start_ms == last_start and cached.engine.count == count:
@@ -151,6 +151,23 @@ class FeaturesProcessor:
             counter = self._counters[candle.timeframe] = CANDLES_IN.labels(candle.timeframe)
         counter.inc()
         return [(FEATURES, features_row(candle, values))]
+
+    def _seeded(self, candle: Candle) -> tuple[FeatureEngine, int | None]:
+        """The engine of a key this service has no state for: a fresh one, or the one a backfill
+        left for the live hand-over (``candleflow backfill --handover-state``), so the key continues
+        exactly as if the service had streamed the whole history. Read once per new key."""
+        from candleflow.backfill.handover import load_state
+
+        engine = self._engine_for(candle.timeframe)
+        saved = load_state(self.settings.data_dir, candle.exchange, candle.symbol, candle.timeframe)
+        if saved is None:
+            return engine, None
+        if saved.fingerprint != engine.fingerprint:
+            log.warning("hand-over state ignored: it belongs to another indicator configuration", key=candle.key)
+            return engine, None
+        engine.load_state(saved.engine)
+        log.info("continuing from the backfill's hand-over state", key=candle.key, last_start_ms=saved.last_start_ms)
+        return engine, saved.last_start_ms
 
     def partial(self, raw: bytes, key: str) -> list[tuple[str, bytes]]:
         """A still-open candle: a provisional row from a copy of the engine; nothing is stored."""
