@@ -119,6 +119,20 @@ def test_parquet_with_bad_rows(tmp_path: Path) -> None:
     assert bad_lines(result) == [(2, "invalid_price"), (3, "missing_field"), (4, "missing_field")]
 
 
+def test_parquet_text_columns_are_checked_like_csv_and_float_times_are_rejected(tmp_path: Path) -> None:
+    text = tmp_path / "text.parquet"
+    pl.DataFrame({"ts_ms": ["5", "6", "x"], "price": ["1.5", "abc", "2"], "qty": ["1", "1", "1"],
+                  "side": [" Sell ", "b", "buy"]}).write_parquet(text)
+    result = read_trades(text, exchange="okx", symbol="BTC/USDT")
+    assert result.trades.rows() == [("okx", "BTC/USDT", None, 1.5, 1.0, "sell", 5, False)]
+    assert bad_lines(result) == [(2, "invalid_price"), (3, "invalid_timestamp")]
+
+    floats = tmp_path / "float_times.parquet"
+    pl.DataFrame({"ts_ms": [1.0, 2.5], "price": [1.0, 1.0], "qty": [1.0, 1.0]}).write_parquet(floats)
+    result = read_trades(floats, exchange="okx", symbol="BTC/USDT")
+    assert result.trades.height == 0 and {e.reason for e in result.errors} == {"invalid_timestamp"}
+
+
 # --- Kraken time and sales ----------------------------------------------------------------
 
 

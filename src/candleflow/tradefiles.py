@@ -289,7 +289,10 @@ def _float(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Float64, strict=False)
 
 
-def _missing(col: str) -> pl.Expr:
+def _missing(col: str, dtype: pl.DataType | type[pl.DataType] = pl.String) -> pl.Expr:
+    """Null, or an empty text cell (a typed column, e.g. from Parquet, has only nulls)."""
+    if dtype != pl.String:
+        return pl.col(col).is_null()
     return pl.col(col).is_null() | (pl.col(col).str.len_bytes() == 0)
 
 
@@ -302,7 +305,9 @@ _SIDES = {"buy": "buy", "b": "buy", "sell": "sell", "s": "sell"}
 
 
 def _side(col: str) -> pl.Expr:
-    return pl.col(col).str.strip_chars().str.to_lowercase().replace_strict(_SIDES, default=None, return_dtype=pl.String)
+    value = pl.col(col)
+    spelled = value.str.strip_chars().str.to_lowercase().replace_strict(_SIDES, default=None, return_dtype=pl.String)
+    return pl.when(value.is_in(["buy", "sell"])).then(value).otherwise(spelled)  # the usual cells: no string work
 
 
 def _integer_ms(col: str) -> pl.Expr:
@@ -352,7 +357,7 @@ def _finish(
 ) -> pl.DataFrame:
     """Keep the rows that pass every check; explain and count the others.
 
-    ``table`` holds the raw cells as strings plus ``__blank`` (blank lines,
+    ``table`` holds the raw cells (as strings, or typed from Parquet) plus ``__blank`` (blank lines,
     skipped without a report). ``parsed`` adds typed columns (named ``__*``)
     once; ``checks`` are (reason, is-bad expression, message) triples over raw
     and parsed columns, the first that applies naming a bad row's reason;
@@ -419,9 +424,14 @@ def _read_parquet(path: Path, exchange: str | None, symbol: str | None, result: 
     missing = [c for c in ("ts_ms", "price", "qty") if c not in table.columns]
     if missing:
         raise TradeFileError(f"{path}: no column(s) {', '.join(missing)} (need at least ts_ms,price,qty)")
-    # The same checks as CSV on the cells as text; the "line" of a row is its 1-based row number.
+    # The same checks as CSV; the "line" of a row is its 1-based row number. Integer ts_ms and
+    # numeric price/qty columns stay typed (no text round trip); anything else is checked as text,
+    # so e.g. a float ts_ms is rejected exactly as "1.5" in a CSV would be.
     known = [c for c in ("exchange", "symbol", "trade_id", "price", "qty", "side", "ts_ms") if c in table.columns]
-    table = table.select([pl.col(c).cast(pl.String) for c in known]).with_columns(pl.lit(False).alias("__blank"))
+    typed = {c for c in ("ts_ms", "price", "qty")
+             if (table.schema[c].is_integer() if c == "ts_ms" else table.schema[c].is_numeric())}
+    table = table.select([pl.col(c) if c in typed else pl.col(c).cast(pl.String) for c in known]) \
+        .with_columns(pl.lit(False).alias("__blank"))
     return _from_named_columns(path, table, 1, exchange, symbol, result, max_errors)
 
 
@@ -437,7 +447,7 @@ def _from_named_columns(path: Path, table: pl.DataFrame, first_line: int, exchan
         "__side": _side("side") if has_side else pl.lit(None, pl.String),
     }
     checks = [
-        ("missing_field", pl.any_horizontal([_missing(c) for c in ("ts_ms", "price", "qty")]),
+        ("missing_field", pl.any_horizontal([_missing(c, table.schema[c]) for c in ("ts_ms", "price", "qty")]),
          "missing ts_ms, price or qty"),
         ("invalid_timestamp", pl.col("__ts").is_null(), "ts_ms is not an integer number of ms >= 0"),
         ("invalid_price", _not_positive_finite("__price"), "price is not a finite number > 0"),

@@ -54,6 +54,7 @@ def test_glob_of_kraken_time_and_sales_files(backfill_config, tmp_path: Path) ->
                            "--symbol", "ETH/USD", "--timeframes", "5m", "--no-online", "--handover-state")
     assert code == 0, output
     assert "from 2 file(s)" in output
+    assert "1,200 without trade id kept (not de-duplicated)" in output
     state = load_state(settings.data_dir, "kraken", "ETH/USD", "5m")
     stored = stored_rows(settings)
     assert state is not None and state.count == len(stored)

@@ -306,7 +306,8 @@ def _compute_and_write(settings: Any, trades: Any, timeframes: list[str], since_
     t = result.times
     common.console.print(
         f"backfill: {result.trades:,} trades ({result.duplicates:,} duplicate(s) dropped, "
-        f"{result.out_of_range:,} outside the range) -> {result.candles:,} candles "
+        f"{result.out_of_range:,} outside the range"
+        f"{f', {result.without_id:,} without trade id kept (not de-duplicated)' if result.without_id else ''}) -> {result.candles:,} candles "
         f"({result.partial_windows:,} incomplete window(s) left out) for {result.keys} key(s) -> "
         f"{result.offline_files} offline file(s) in {settings.store.offline_dir}; online: "
         f"{result.online_written} written, {result.online_stale} refused as older than stored; "
