@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from candleflow.exchanges import symbols
-from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage
+from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
 from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
 from candleflow.exchanges.times import rfc3339_ms
 from candleflow.records import Trade
@@ -113,13 +113,8 @@ def _to_trade(entry: bytes, recv_ms: int) -> Trade:
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     result = ParseResult()
-    try:
-        env = _envelope.decode(data)
-    except msgspec.ValidationError as exc:
-        result.errors.append(FrameError("invalid_frame", str(exc), data))
-        return result
-    except msgspec.DecodeError as exc:
-        result.errors.append(FrameError("invalid_json", str(exc), data))
+    env = decode_envelope(_envelope, data, result)
+    if env is None:
         return result
     if env.type in ("subscribed", "heartbeat", "pong", "error"):
         result.control.append(Control(env.type))  # type: ignore[arg-type]

@@ -11,9 +11,9 @@ resubscription, the silence watchdog) lives once, in ``exchanges/ws.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from typing import TYPE_CHECKING
+import msgspec
 
 from candleflow.records import Trade
 
@@ -96,3 +96,14 @@ class ExchangeModule(Protocol):
 
     async def fetch_trades(self, client: "httpx.AsyncClient", symbol: str, *, since_ms: int | None = None,
                            cursor: str | None = None, recv_ms: int, base_url: str | None = None) -> RestPage: ...
+
+
+def decode_envelope(decoder: msgspec.json.Decoder, data: bytes, result: ParseResult) -> Any | None:
+    """A frame's envelope, or None with the reason added to `result` (not JSON, or not the shape expected)."""
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:  # a DecodeError too: test it first
+        result.errors.append(FrameError("invalid_frame", f"unexpected frame shape: {exc}", data))
+    except msgspec.DecodeError as exc:
+        result.errors.append(FrameError("invalid_json", f"not valid JSON: {exc}", data))
+    return None

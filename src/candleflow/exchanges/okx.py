@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from candleflow.exchanges import symbols
-from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage
+from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
 from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_ms
 from candleflow.log import get_logger
@@ -155,13 +155,8 @@ def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
     if data.strip() == b"pong":  # the answer to our plain-text ping: not JSON, not an error
         result.control.append(Control("pong"))
         return result
-    try:
-        env = _envelope.decode(data)
-    except msgspec.ValidationError as exc:
-        result.errors.append(FrameError("invalid_frame", f"unexpected frame shape: {exc}", data))
-        return result
-    except msgspec.DecodeError as exc:
-        result.errors.append(FrameError("invalid_json", f"not valid JSON: {exc}", data))
+    env = decode_envelope(_envelope, data, result)
+    if env is None:
         return result
     if env.event is not None:
         result.control.append(_event(env))
