@@ -49,6 +49,9 @@ def test_yaml_then_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert cfg.candles.grace_ms == 750
     assert cfg.candles.timeframes == ["1m", "5m"]
     assert cfg.kafka.bootstrap_servers == "yaml-host:9092"  # untouched by env
+    assert cfg.metrics_host == "127.0.0.1"  # /metrics on loopback unless asked (containers: 0.0.0.0)
+    monkeypatch.setenv("CANDLEFLOW_METRICS_HOST", "0.0.0.0")
+    assert load_config(path).metrics_host == "0.0.0.0"
 
 
 def test_config_file_from_environment_and_default_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

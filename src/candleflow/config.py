@@ -358,6 +358,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path(".candleflow")  # local state: broker data, service state
+    # Where the services' /metrics listen (their ports: <service>.metrics_port). Loopback by
+    # default; 0.0.0.0 in a container so that Prometheus can scrape the pod.
+    metrics_host: str = "127.0.0.1"
     kafka: KafkaConfig = KafkaConfig()
     topics: TopicsConfig = TopicsConfig()
     ingest: IngestConfig = IngestConfig()

@@ -425,7 +425,7 @@ def _is_for(destination: str) -> Any:
 
 def run(settings: Settings) -> None:
     """Run the service (and its ticker) until SIGINT/SIGTERM."""
-    serve_metrics(settings.candles.metrics_port)
+    serve_metrics(settings.candles.metrics_port, settings.metrics_host)
     app = build_app(settings)
     ticker = None
     if settings.candles.ticks:

@@ -292,7 +292,7 @@ def build_app(settings: Settings) -> Any:
 
 def run(settings: Settings) -> None:
     """Run the service until SIGINT/SIGTERM."""
-    serve_metrics(settings.features.metrics_port)
+    serve_metrics(settings.features.metrics_port, settings.metrics_host)
     app = build_app(settings)
     signal.signal(signal.SIGTERM, lambda *_: app.stop())
     log.info("features service starting", candles=settings.topics.candles.name,

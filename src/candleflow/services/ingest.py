@@ -498,7 +498,7 @@ def run(settings: Settings, options: IngestOptions | None = None, stop: asyncio.
         from candleflow.broker.topics import create_topics
 
         create_topics(settings.kafka, [settings.topics.trades, settings.topics.dlq])
-    serve_metrics(settings.ingest.metrics_port)
+    serve_metrics(settings.ingest.metrics_port, settings.metrics_host)
     publisher = Publisher(settings)
     pipeline = IngestPipeline(publisher, settings.ingest.dedup_capacity)
     recorder = Recorder(options.record) if options.record else None

@@ -273,7 +273,7 @@ class Sink:
 
 
 def run(settings: Settings, max_idle_s: float | None = None) -> None:
-    serve_metrics(settings.sink.metrics_port)
+    serve_metrics(settings.sink.metrics_port, settings.metrics_host)
     sink = Sink(settings)
     signal.signal(signal.SIGTERM, sink.stop)
     signal.signal(signal.SIGINT, sink.stop)
