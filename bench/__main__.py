@@ -13,4 +13,5 @@ for script in sorted(here.glob("*.py")):
     if only and script.stem not in only:
         continue
     print(f"== {script.stem}", flush=True)
+    sys.argv = [str(script)]  # each script parses its own options; the names chosen here are not for it
     runpy.run_path(str(script), run_name="__main__")
