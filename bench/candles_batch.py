@@ -6,6 +6,7 @@ Stages, each in its own process so its peak memory (max RSS) is its own:
 - frame_1tf / frame_4tf: aggregate_frame on a polars trades frame (one market), 1m and 1m,5m,15m,1h;
 - markets_4tf: aggregate_frame over 8 markets, each a block of rows (as read from one file per market), 4 timeframes;
 - interleaved_4tf: the same with the 8 markets interleaved row by row (grouped by hashing), 4 timeframes;
+- one_exchange_4tf: 4 markets of one exchange interleaved row by row (a backfill file), 4 timeframes;
 - shuffled_1tf: aggregate_candles on the same trades in random order (worst case: a full sort);
 - read_kraken_csv: tradefiles.read_trades of the trades as a Kraken time-and-sales CSV (the I/O layer).
 
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 TIMEFRAMES_4 = ["1m", "5m", "15m", "1h"]
-STAGES = ("core_1tf", "frame_1tf", "frame_4tf", "markets_4tf", "interleaved_4tf", "shuffled_1tf", "read_kraken_csv")
+STAGES = ("core_1tf", "frame_1tf", "frame_4tf", "markets_4tf", "interleaved_4tf", "one_exchange_4tf", "shuffled_1tf",
+          "read_kraken_csv")
 
 
 def synthetic_trades(n: int, seed: int = 1):
@@ -57,13 +59,15 @@ def run_stage(stage: str, n: int, repeat: int) -> dict:
     from candleflow.tradefiles import read_trades
 
     ts, price, qty, is_buy = synthetic_trades(n)
-    if stage in ("frame_1tf", "frame_4tf", "markets_4tf", "interleaved_4tf"):
+    if stage in ("frame_1tf", "frame_4tf", "markets_4tf", "interleaved_4tf", "one_exchange_4tf"):
         frame = pl.DataFrame({"ts_ms": ts, "price": price, "qty": qty, "is_buy": is_buy})
         del ts, price, qty, is_buy
         if stage == "markets_4tf":  # 8 blocks of rows, as read from one file per market
             market = pl.int_range(0, n, eager=True) * 8 // n
         elif stage == "interleaved_4tf":
             market = pl.int_range(0, n, eager=True) % 8
+        elif stage == "one_exchange_4tf":  # markets 4..7 are the binance ones: 4 symbols of one exchange
+            market = 4 + pl.int_range(0, n, eager=True) % 4
         else:
             market = pl.zeros(n, pl.Int64, eager=True)
         frame = frame.with_columns(market.alias("market")).with_columns(
@@ -145,14 +149,19 @@ def main() -> None:
         f"trades/s for 1m,5m,15m,1h together (each timeframe from the trades), "
         f"{figures['markets_4tf']['trades_per_s'] / 1e6:.1f} M trades/s over 8 markets x 4 timeframes "
         f"(one block of rows per market, as from one file each; "
-        f"{figures['interleaved_4tf']['trades_per_s'] / 1e6:.1f} M trades/s with the markets interleaved row by row). "
+        f"{figures['interleaved_4tf']['trades_per_s'] / 1e6:.1f} M trades/s with the markets interleaved row by row, "
+        f"{figures['one_exchange_4tf']['trades_per_s'] / 1e6:.1f} M trades/s for 4 markets of one exchange "
+        f"interleaved, as in a backfill file). "
         f"The same trades in random order need a full stable sort: {figures['shuffled_1tf']['trades_per_s'] / 1e6:.1f} "
         f"M trades/s. Peak RSS {core['peak_rss_mib']} MiB for the core with {core['rss_after_setup_mib']} MiB of it "
         f"the input, {four['peak_rss_mib']} MiB for the frame path with 4 timeframes. Reading the trades as a "
         f"Kraken time-and-sales CSV (tradefiles.read_trades, exact decimal seconds -> ms, validation) runs at "
         f"{figures['read_kraken_csv']['trades_per_s'] / 1e6:.1f} M trades/s. Wall-clock rates; per CPU-second "
         f"(this process, all threads): core {core['trades_per_cpu_s'] / 1e6:.1f} M, frame 4 timeframes "
-        f"{four['trades_per_cpu_s'] / 1e6:.1f} M, Kraken CSV {figures['read_kraken_csv']['trades_per_cpu_s'] / 1e6:.1f} M."
+        f"{four['trades_per_cpu_s'] / 1e6:.1f} M, 8 markets interleaved "
+        f"{figures['interleaved_4tf']['trades_per_cpu_s'] / 1e6:.1f} M, 4 markets of one exchange interleaved "
+        f"{figures['one_exchange_4tf']['trades_per_cpu_s'] / 1e6:.1f} M, "
+        f"Kraken CSV {figures['read_kraken_csv']['trades_per_cpu_s'] / 1e6:.1f} M."
     )
     write_results("candles_batch", {"trades": n, "repeat": args.repeat, "timeframes_4": TIMEFRAMES_4,
                                     "stages": figures}, summary)
