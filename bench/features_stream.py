@@ -256,9 +256,7 @@ Why the target is not met: a stateful Quix pass-through (one state write, no mat
 per-message Quix service here (figure above); this service's remaining per-candle work is ~25-30 us of
 pure-Python indicator maths for the 34 outputs plus the state snapshot and three state-store operations.
 20,000 candles/s in one process would need the pass-through's own cost to fall, or batching, which Quix
-Streams' one-message-at-a-time API does not offer. An estimate by ratio: the pass-through reached
-23,084 msg/s when the previous figures were taken on a less loaded machine (load 3.6), about 3 times its
-rate here; the service at the same factor would be near 8,000 candles/s exactly-once."""
+Streams' one-message-at-a-time API does not offer."""
 
 
 def main() -> None:
