@@ -38,7 +38,7 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
-from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
+from candleflow.exchanges.fields import FieldError, decode_entry, known_symbol, positive_float, trade_id_text
 from candleflow.exchanges.times import rfc3339_ms
 from candleflow.records import Trade
 
@@ -90,15 +90,8 @@ def ping_frame() -> str | None:
 
 
 def _to_trade(entry: bytes, recv_ms: int) -> Trade:
-    try:
-        wire = _wire_trade.decode(entry)
-    except msgspec.ValidationError as exc:
-        raise FieldError("missing_field" if "missing required field" in str(exc) else "invalid_field",
-                         str(exc)) from None
-    try:
-        symbol = canonical_symbol(wire.symbol)
-    except symbols.SymbolError as exc:
-        raise FieldError("unknown_symbol", str(exc)) from None
+    wire = decode_entry(_wire_trade, entry)
+    symbol = known_symbol(canonical_symbol, wire.symbol)
     if wire.side not in ("buy", "sell"):
         raise FieldError("invalid_side", f"side must be buy or sell, got {wire.side[:20]!r}")
     try:

@@ -26,7 +26,7 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
-from candleflow.exchanges.fields import NUMBER_TEXT, FieldError, positive_float, trade_id_text
+from candleflow.exchanges.fields import FieldError, NUMBER_TEXT, decode_entry, known_symbol, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_ms
 from candleflow.records import Trade
 
@@ -102,15 +102,8 @@ def ping_frame() -> str | None:
 
 
 def _to_trade(event: bytes, recv_ms: int) -> Trade:
-    try:
-        wire = _trade.decode(event)
-    except msgspec.ValidationError as exc:
-        raise FieldError("missing_field" if "missing required field" in str(exc) else "invalid_field",
-                         f"trade event: {exc}") from None
-    try:
-        symbol = canonical_symbol(wire.s)
-    except symbols.SymbolError as exc:
-        raise FieldError("unknown_symbol", str(exc)) from None
+    wire = decode_entry(_trade, event, "trade event")
+    symbol = known_symbol(canonical_symbol, wire.s)
     try:
         ts_ms = epoch_ms(wire.T)
     except ValueError as exc:

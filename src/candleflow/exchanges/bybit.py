@@ -31,7 +31,7 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
-from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
+from candleflow.exchanges.fields import FieldError, decode_entry, known_symbol, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_ms
 from candleflow.log import get_logger
 from candleflow.records import Trade
@@ -109,10 +109,7 @@ def _side(text: str) -> str:
 
 
 def _symbol(text: str) -> str:
-    try:
-        return canonical_symbol(text)
-    except symbols.SymbolError as exc:
-        raise FieldError("unknown_symbol", str(exc)) from None
+    return known_symbol(canonical_symbol, text)
 
 
 def _timestamp(value: int | str, name: str) -> int:
@@ -123,11 +120,7 @@ def _timestamp(value: int | str, name: str) -> int:
 
 
 def _ws_trade_to_trade(entry: bytes, recv_ms: int) -> Trade:
-    try:
-        wire = _ws_trade.decode(entry)
-    except msgspec.ValidationError as exc:
-        raise FieldError("missing_field" if "missing required field" in str(exc) else "invalid_field",
-                         f"trade entry: {exc}") from None
+    wire = decode_entry(_ws_trade, entry)
     return Trade(
         exchange=NAME, symbol=_symbol(wire.s), trade_id=trade_id_text(wire.i),
         price=positive_float(wire.p, "price"), qty=positive_float(wire.v, "qty"),

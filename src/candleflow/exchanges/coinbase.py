@@ -48,7 +48,7 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
-from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
+from candleflow.exchanges.fields import FieldError, field_error_of, known_symbol, positive_float, trade_id_text
 from candleflow.exchanges.times import rfc3339_ms
 from candleflow.records import Trade
 
@@ -193,10 +193,7 @@ def _trade_id(value: str | int) -> str:
 
 
 def _symbol(text: str) -> str:
-    try:
-        return canonical_symbol(text)
-    except symbols.SymbolError as exc:
-        raise FieldError("unknown_symbol", str(exc)) from None
+    return known_symbol(canonical_symbol, text)
 
 
 def _timestamp(text: str) -> int:
@@ -214,8 +211,7 @@ def _ws_trade_to_trade(entry: bytes, recv_ms: int) -> Trade:
         try:
             wire = _ws_trade_numbers.decode(entry)
         except msgspec.ValidationError:
-            raise FieldError("missing_field" if "missing required field" in str(exc) else "invalid_field",
-                             f"trade entry: {exc}") from None
+            raise field_error_of(exc) from None
     return Trade(
         exchange=NAME,
         symbol=_symbol(wire.product_id),

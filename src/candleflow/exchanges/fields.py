@@ -12,9 +12,13 @@ from __future__ import annotations
 import math
 import re
 
+from collections.abc import Callable
+from typing import Any
+
 import msgspec
 
 from candleflow.exchanges.base import FrameError
+from candleflow.exchanges.symbols import SymbolError
 
 # A JSON number literal, or the decimal strings venues send (no exponent needed,
 # but allowed). Rejects "nan", "inf", "0x10", "1_000", " 1" that float() would take.
@@ -67,3 +71,24 @@ def trade_id_text(value: object) -> str:
     if not text:
         raise FieldError("invalid_trade_id", "trade_id is empty")
     return text
+
+
+def decode_entry(decoder: msgspec.json.Decoder, raw: bytes, what: str = "trade entry") -> Any:
+    """One trade entry as the venue's wire struct; a missing or ill-typed field is a FieldError."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise field_error_of(exc, what) from None
+
+
+def field_error_of(exc: msgspec.ValidationError, what: str = "trade entry") -> FieldError:
+    reason = "missing_field" if "missing required field" in str(exc) else "invalid_field"
+    return FieldError(reason, f"{what}: {exc}")
+
+
+def known_symbol(to_canonical: Callable[[str], str], venue_symbol: str) -> str:
+    """The canonical ``BASE/QUOTE`` of a venue's symbol; one it cannot map is a FieldError."""
+    try:
+        return to_canonical(venue_symbol)
+    except SymbolError as exc:
+        raise FieldError("unknown_symbol", str(exc)) from None

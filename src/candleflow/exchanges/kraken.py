@@ -25,7 +25,7 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
-from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
+from candleflow.exchanges.fields import FieldError, decode_entry, known_symbol, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_seconds_text_ms, rfc3339_ms
 from candleflow.records import SIDES, Trade
 
@@ -131,18 +131,11 @@ def _side(text: str) -> str:
 
 
 def _symbol(text: str) -> str:
-    try:
-        return canonical_symbol(text)
-    except symbols.SymbolError as exc:
-        raise FieldError("unknown_symbol", str(exc)) from None
+    return known_symbol(canonical_symbol, text)
 
 
 def _ws_trade_to_trade(entry: bytes, recv_ms: int) -> Trade:
-    try:
-        wire = _ws_trade.decode(entry)
-    except msgspec.ValidationError as exc:
-        raise FieldError("missing_field" if "missing required field" in str(exc) else "invalid_field",
-                         f"trade entry: {exc}") from None
+    wire = decode_entry(_ws_trade, entry)
     try:
         ts_ms = rfc3339_ms(wire.timestamp)
     except ValueError as exc:

@@ -39,7 +39,7 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
-from candleflow.exchanges.fields import FieldError, positive_float, trade_id_text
+from candleflow.exchanges.fields import FieldError, decode_entry, known_symbol, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_ms
 from candleflow.log import get_logger
 from candleflow.records import Trade
@@ -116,16 +116,9 @@ def ping_frame() -> str | None:
 
 def _to_trade(entry: bytes, recv_ms: int, symbol: str | None = None) -> Trade:
     """One trade object (websocket or REST: same fields) -> Trade."""
-    try:
-        wire = _trade.decode(entry)
-    except msgspec.ValidationError as exc:
-        raise FieldError("missing_field" if "missing required field" in str(exc) else "invalid_field",
-                         f"trade entry: {exc}") from None
+    wire = decode_entry(_trade, entry)
     if symbol is None:
-        try:
-            symbol = canonical_symbol(wire.instId)
-        except symbols.SymbolError as exc:
-            raise FieldError("unknown_symbol", str(exc)) from None
+        symbol = known_symbol(canonical_symbol, wire.instId)
     if wire.side not in ("buy", "sell"):
         raise FieldError("invalid_side", f"side must be buy or sell, got {wire.side[:20]!r}")
     try:
