@@ -23,6 +23,7 @@ import json
 import random
 import threading
 from dataclasses import dataclass, field
+from typing import Self
 
 from candleflow.exchanges import binance, kraken
 from tests.exchanges.fakeserver import FakeExchange
@@ -69,7 +70,24 @@ class Script:
     bad_rows: set[int] = field(default_factory=set)  # trade ids served with a broken price
 
 
-class FakeKraken:
+class _RestServer:
+    """A fake venue's REST API on a local FakeExchange, used as a context manager."""
+
+    server: FakeExchange
+
+    def __enter__(self) -> Self:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.rest_url
+
+
+class FakeKraken(_RestServer):
     """Kraken's public trade history for one or more pairs."""
 
     def __init__(self, histories: dict[str, list[FakeTrade]], page_size: int = 1000,
@@ -81,17 +99,6 @@ class FakeKraken:
         self.requests = 0
         self._lock = threading.Lock()
         self.server = FakeExchange(rest_routes={KRAKEN_TRADES: self._trades})
-
-    def __enter__(self) -> FakeKraken:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.rest_url
 
     def _trades(self, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         import time
@@ -123,7 +130,7 @@ class FakeKraken:
         return 200, {}, body.encode()
 
 
-class FakeBinance:
+class FakeBinance(_RestServer):
     """Binance's historicalTrades (by id) and aggTrades (first id at a time) for one or more symbols."""
 
     def __init__(self, histories: dict[str, list[FakeTrade]], script: Script | None = None) -> None:
@@ -132,17 +139,6 @@ class FakeBinance:
         self.history_requests = 0
         self._lock = threading.Lock()
         self.server = FakeExchange(rest_routes={BINANCE_AGG: self._agg, BINANCE_HISTORY: self._history})
-
-    def __enter__(self) -> FakeBinance:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.rest_url
 
     def _agg(self, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         history = self.histories.get(params.get("symbol", ""))
@@ -175,7 +171,7 @@ class FakeBinance:
         return 200, {}, json.dumps(rows).encode()
 
 
-class FakeCoinbase:
+class FakeCoinbase(_RestServer):
     """Coinbase Exchange ``GET /products/{id}/trades?limit=&after=<id>``: ids below `after`, newest first."""
 
     def __init__(self, histories: dict[str, list[FakeTrade]], script: Script | None = None) -> None:
@@ -187,17 +183,6 @@ class FakeCoinbase:
         self._lock = threading.Lock()
         routes = {f"/products/{product}/trades": self._route(product) for product in self.histories}
         self.server = FakeExchange(rest_routes=routes)
-
-    def __enter__(self) -> FakeCoinbase:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.rest_url
 
     def _route(self, product: str):  # noqa: ANN202 - a RestHandler
         def trades(params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
