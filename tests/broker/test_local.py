@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from candleflow.broker import local
 from candleflow.broker.local import LocalBroker, metadata_ready
 from candleflow.config import LocalBrokerConfig
 from tests.fixtures.kafka import SessionBroker
@@ -110,3 +112,11 @@ def test_external_cluster_starts_nothing(kafka_broker: SessionBroker, broker_env
     assert "nothing is started locally (reachable)" in result.stdout
     assert not (tmp_path / "kafka").exists()
     assert _cli(env, "kafka", "status").returncode == 0
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0xf8... encodes to "-..." in URL-safe base64: StorageTool would take it for an option.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(local.uuid, "uuid4", lambda: next(draws))
+    cluster_id = local._kafka_cluster_id()
+    assert cluster_id == "AQEBAQEBAQEBAQEBAQEBAQ" and len(cluster_id) == 22

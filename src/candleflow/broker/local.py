@@ -299,10 +299,14 @@ _SILENT = _SilentLogger()
 
 
 def _kafka_cluster_id() -> str:
-    # Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
+    # Kafka cluster ids are 16 random bytes in URL-safe base64 without padding. Like Kafka's own
+    # Uuid.randomUuid, never one starting with "-": StorageTool would read it as an option.
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _require_tool(name: str, why: str) -> str:
