@@ -12,6 +12,15 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev,redis]"
+	@touch $@ $(CORE_STAMP)
+
+# The compiled features engine (setup.py: mypyc) is built in place by the editable install, and
+# rebuilt whenever its sources change, so a stale build never shadows an edited source file.
+CORE_SOURCES := setup.py src/candleflow/core/indicators.py src/candleflow/core/steps.py
+CORE_STAMP   := $(VENV)/.core-built
+
+$(CORE_STAMP): $(CORE_SOURCES) | $(STAMP)
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
 # The dashboard's chart library (package.json: lightweight-charts), served from node_modules.
@@ -24,7 +33,7 @@ $(NODE_STAMP): package.json package-lock.json
 		echo "npm not found: the dashboard needs it for its chart library (install Node.js, then run make install)" >&2; \
 	fi
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(CORE_STAMP) $(NODE_STAMP)
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -44,4 +53,5 @@ bench: install
 
 clean:
 	-$(BIN)/candleflow kafka stop
-	rm -rf $(VENV) .candleflow .pytest_cache
+	rm -rf $(VENV) .candleflow .pytest_cache build .mypy_cache
+	rm -f src/candleflow_core__mypyc.*.so src/candleflow/core/*.so

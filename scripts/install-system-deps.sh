@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: Java + Maven (local Kafka
-# broker) and Redis (the production online-store option). Installs only what is
-# missing, and only where apt-get can (Debian/Ubuntu as root); elsewhere it
-# prints what to install and leaves the decision to you.
+# broker), Redis (the production online-store option) and a C compiler (setup.py
+# compiles the features engine, tested against its pure-Python sources). Installs
+# only what is missing, and only where apt-get can (Debian/Ubuntu as root);
+# elsewhere it prints what to install and leaves the decision to you.
 set -euo pipefail
 
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 for pkg in "$@"; do need+=("$pkg"); done
 
 # Chromium is optional: only the dashboard's browser test uses it, and that test

@@ -29,7 +29,6 @@ The five candle features (``log_return_1``, ``range_pct``, ``body_pct``,
 from __future__ import annotations
 
 import math
-import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,17 @@ from typing import Any
 import numpy as np
 
 from candleflow.config import CANDLE_FEATURES, FeaturesConfig, IndicatorSpec, timeframe_ms
+from candleflow.core.steps import (
+    CANDLE_FEATURE_CODES,
+    CLOSE,
+    COMPILED,
+    INPUT_COLUMNS,
+    StateReader,
+    Step,
+    StepRunner,
+    candle_features,
+    input_values,
+)
 from candleflow.records import CANDLE_FIELDS, FEATURES_META_FIELDS
 
 # The default set: outputs named exactly as DESIGN.md and the README list them.
@@ -72,8 +82,6 @@ DEFAULT_INDICATORS: tuple[dict[str, Any], ...] = (
     {"function": "ADOSC", "params": {"fastperiod": 3, "slowperiod": 10}},
 )
 
-# Candle columns an indicator input may read.
-INPUT_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "vwap", "buy_volume", "trades")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -356,9 +364,6 @@ def all_feature_columns(config: FeaturesConfig) -> list[str]:
 STATE_VERSION = 1
 
 
-_candle_values = operator.attrgetter(*INPUT_COLUMNS)
-
-
 def _candle_value(candle: Any, column: str) -> float:
     value = candle[column] if isinstance(candle, dict) else getattr(candle, column)
     return float(value)
@@ -441,29 +446,46 @@ class FeatureEngine:
                 impl = Replay(_replay_runner(ind), len(ind.input_columns))
             self._steps.append((impl, ind.input_columns, ind.outputs))
         self._run_steps = self._compile_steps()
+        unknown = [name for name in self.candle_features if name not in CANDLE_FEATURE_CODES]
+        if unknown:
+            raise ValueError(f"unknown candle feature(s) {unknown} (known: {', '.join(CANDLE_FEATURE_CODES)})")
+        self._feature_codes = [CANDLE_FEATURE_CODES[name] for name in self.candle_features]
         self.columns = [name for ind in self.indicators for name in ind.columns] + list(self.candle_features)
+        # Every row has exactly these keys in this order (the steps fill them so): copying a
+        # ready-made dict and replacing its values is cheaper than inserting them one by one.
+        self._empty_row: dict[str, float | None] = dict.fromkeys(self.columns)
         self.fingerprint = self._fingerprint()
         from candleflow.core.indicators import state_parts
 
         # The state layout: every indicator object (nested ones included) with its plain slots.
         self._parts = [part for impl, _, _ in self._steps for part in state_parts(impl)]
-        # read_state() -> [tuple of each part's plain slot values, ...], written out like the steps.
-        self._read_state = _state_reader_factory(tuple(slots for _, slots in self._parts))(
-            *(obj for obj, _ in self._parts))
+        # read_state() -> [tuple of each part's plain slot values, ...]. Compiled, the parts read
+        # their own slots; interpreted, reading them as straight-line code is the fastest.
+        if COMPILED:
+            self._read_state = StateReader([obj for obj, _ in self._parts])
+        else:
+            self._read_state = _state_reader_factory(tuple(slots for _, slots in self._parts))(
+                *(obj for obj, _ in self._parts))
 
     def _compile_steps(self) -> Any:
         """One function that feeds a candle's values to every indicator in order and fills the row.
 
-        The hot path of the streaming service: written out as straight-line code
-        (a call per indicator with its inputs by name, one line per output), it
-        avoids a per-indicator loop with input getters, argument tuples and
-        output lookups. Equivalent to::
+        The hot path of the streaming service. Equivalent to::
 
             for impl, inputs, outputs in self._steps:
                 result = impl.update(*(values[INPUT_COLUMNS.index(col)] for col in inputs))
                 for index, name in outputs:
                     row[name] = None if result[index] is NaN else result[index]
+
+        When :mod:`candleflow.core.steps` is compiled (setup.py), that loop itself
+        (:class:`~candleflow.core.steps.StepRunner`) is the fastest. Interpreted, the
+        function is written out as straight-line code instead (a call per indicator
+        with its inputs by name, one line per output), which avoids the loop's input
+        getters, argument tuples and output lookups.
         """
+        if COMPILED:
+            return StepRunner([Step(impl.update, [INPUT_COLUMNS.index(col) for col in inputs], outputs)
+                               for impl, inputs, outputs in self._steps])
         calls = tuple((inputs, outputs) for _, inputs, outputs in self._steps)
         return _steps_factory(calls)(*(impl.update for impl, _, _ in self._steps))
 
@@ -481,15 +503,12 @@ class FeatureEngine:
 
     def update(self, candle: Any) -> dict[str, float | None]:
         """The feature values of the next final candle (a Candle or a dict with its fields)."""
-        if isinstance(candle, dict):
-            values = tuple(float(candle[col]) for col in INPUT_COLUMNS)
-        else:
-            values = _candle_values(candle)
-        row: dict[str, float | None] = {}
+        values = input_values(candle)
+        row = self._empty_row.copy()
         self._run_steps(values, row)
-        self._candle_features(values, row)
+        candle_features(self._feature_codes, self.candle_features, values, self.count, self.prev_close, row)
         self.count += 1
-        self.prev_close = values[3]
+        self.prev_close = values[CLOSE]
         return row
 
     def preview(self, candle: Any) -> dict[str, float | None]:
@@ -497,20 +516,6 @@ class FeatureEngine:
         clone = FeatureEngine(self.indicators, self.candle_features)
         clone.load_state(self.to_state())
         return clone.update(candle)
-
-    def _candle_features(self, values: tuple[float, ...], row: dict[str, float | None]) -> None:
-        open_, high, low, close, volume, _quote_volume, vwap, buy_volume, _trades = values  # INPUT_COLUMNS
-        for name in self.candle_features:
-            if name == "log_return_1":
-                row[name] = math.log(close / self.prev_close) if self.count > 0 else None
-            elif name == "range_pct":
-                row[name] = (high - low) / close
-            elif name == "body_pct":
-                row[name] = (close - open_) / open_
-            elif name == "vwap_dist":
-                row[name] = close / vwap - 1.0
-            elif name == "buy_ratio":
-                row[name] = buy_volume / volume if volume > 0 else None
 
     def raw_state(self) -> dict[str, Any]:
         """The state with live references (no copies, NaN kept): encode it at once, as the

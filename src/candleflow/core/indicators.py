@@ -33,18 +33,21 @@ occasional extra indicators, not for long-running keys at scale.
 
 Every ``update`` returns a tuple with one float per TA-Lib output, NaN during
 warm-up (exactly where the batch function returns NaN).
+
+``make install`` compiles this module with mypyc (setup.py), which is why the
+types are precise (float and int attributes and locals become C values) and the
+window scans are plain loops. The compiled build does the same operations in
+the same order, so its results and states are bit-identical to this source's;
+tests/core/test_compiled.py checks it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import reduce
-from itertools import repeat
-from operator import add, mul, sub
-from typing import Any
+from typing import Any, ClassVar, Final, final
 
-NAN = float("nan")
+NAN: Final = float("nan")
 
 
 def _is_zero(value: float) -> bool:
@@ -56,24 +59,88 @@ def per_to_k(period: int) -> float:
     return 2.0 / float(period + 1)
 
 
+# Window scans as plain typed loops: compiled, they run over C doubles. They give exactly what the
+# builtins would (max() keeps its first value and replaces it by each later one that is greater).
+
+
+def _highest(values: list[float]) -> float:
+    """max(values)."""
+    best = values[0]
+    for value in values:
+        if value > best:
+            best = value
+    return best
+
+
+def _lowest(values: list[float]) -> float:
+    """min(values)."""
+    best = values[0]
+    for value in values:
+        if value < best:
+            best = value
+    return best
+
+
+def _last_index_of_highest(values: list[float]) -> int:
+    """The index of max(values), the latest one on ties."""
+    best = values[0]
+    index = 0
+    for i in range(1, len(values)):
+        value = values[i]
+        if value > best:
+            best = value
+            index = i
+        elif value == best:
+            index = i
+    return index
+
+
+def _last_index_of_lowest(values: list[float]) -> int:
+    """The index of min(values), the latest one on ties."""
+    best = values[0]
+    index = 0
+    for i in range(1, len(values)):
+        value = values[i]
+        if value < best:
+            best = value
+            index = i
+        elif value == best:
+            index = i
+    return index
+
+
 class Incremental:
     """Base: `update(*inputs) -> tuple[float, ...]`; state is the list of slot values."""
 
-    __slots__: tuple[str, ...] = ()
-    n_outputs = 1
+    # The attributes that make up the state, in the order it is saved. A class constant rather
+    # than __slots__, because compiled (mypyc) classes do not expose __slots__.
+    STATE: ClassVar[tuple[str, ...]] = ()
+    n_outputs: ClassVar[int] = 1
 
-    # update(*inputs) -> one float per output; each subclass names its inputs.
-    update: Callable[..., tuple[float, ...]]
+    # Each subclass defines update(*inputs) -> one float per output, naming its inputs (not
+    # declared here: the signatures differ).
 
     def state_slots(self) -> tuple[str, ...]:
         """The slots that make up the state (all of them, unless a subclass says otherwise)."""
-        return self.__slots__
+        return self.STATE
+
+    def plain_state(self) -> tuple[object, ...]:
+        """The values of the state slots that hold plain data (not nested indicators), in order:
+        this object's part of FeatureEngine.raw_state, read after every candle.
+
+        Each class with plain slots spells them out, so that the compiled build reads
+        them natively (interpreted code reads a compiled object's attributes several
+        times slower than a plain object's); tests/core/test_compiled.py checks that
+        they match the slots.
+        """
+        values = [getattr(self, slot) for slot in self.state_slots()]
+        return tuple([value for value in values if not isinstance(value, Incremental)])
 
     def to_state(self) -> list[Any]:
-        return [_dump(getattr(self, slot)) for slot in self.__slots__]
+        return [_dump(getattr(self, slot)) for slot in self.STATE]
 
     def load_state(self, state: list[Any]) -> None:
-        for slot, value in zip(self.__slots__, state, strict=True):
+        for slot, value in zip(self.STATE, state, strict=True):
             current = getattr(self, slot)
             setattr(self, slot, load_slot(value, current))
 
@@ -125,24 +192,29 @@ def load_slot(value: Any, current: Any) -> Any:
     if isinstance(current, float):
         return NAN if value is None else float(value)
     if isinstance(current, list):
-        return list(value)
+        # Inputs are floats; a state saved when a Candle's int `trades` went in as is holds ints.
+        return [float(item) if type(item) is int else item for item in value]
     return value
 
 
 # --- moving averages -----------------------------------------------------------
 
 
+@final
 class SMA(Incremental):
     """INT_SMA: a running total; the trailing input is subtracted after each output (as TA-Lib does,
     so rounding left by inputs long gone is reproduced too)."""
 
-    __slots__ = ("period", "count", "total", "window")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "count", "total", "window")
 
     def __init__(self, period: int) -> None:
         self.period = period
         self.count = 0
         self.total = 0.0
         self.window: list[float] = []  # the last period-1 inputs
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.count, self.total, self.window)
 
     def update(self, x: float) -> tuple[float]:
         return (self.step(x),)
@@ -165,10 +237,11 @@ class SMA(Incremental):
         return out
 
 
+@final
 class EMA(Incremental):
     """INT_EMA: seeded by the SMA of the first `period` inputs, then prev + (x - prev)·k."""
 
-    __slots__ = ("period", "k", "count", "seed_total", "value")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "k", "count", "seed_total", "value")
 
     def __init__(self, period: int, k: float | None = None) -> None:
         self.period = period
@@ -176,6 +249,9 @@ class EMA(Incremental):
         self.count = 0
         self.seed_total = 0.0
         self.value = NAN
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.k, self.count, self.seed_total, self.value)
 
     def update(self, x: float) -> tuple[float]:
         return (self.step(x),)
@@ -192,11 +268,12 @@ class EMA(Incremental):
         return self.value
 
 
+@final
 class WMA(Incremental):
     """TA_WMA: running weighted sum and plain sum, the trailing input dropped one step late,
     both rebuilt from the window every 8·period outputs."""
 
-    __slots__ = ("period", "count", "period_sum", "period_sub", "trailing", "window")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "count", "period_sum", "period_sub", "trailing", "window")
 
     def __init__(self, period: int) -> None:
         self.period = period
@@ -205,6 +282,9 @@ class WMA(Incremental):
         self.period_sub = 0.0
         self.trailing = 0.0
         self.window: list[float] = []  # inputs not yet used as the trailing value
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.count, self.period_sum, self.period_sub, self.trailing, self.window)
 
     def update(self, x: float) -> tuple[float]:
         period = self.period
@@ -233,8 +313,9 @@ class WMA(Incremental):
         return (out,)
 
 
+@final
 class DEMA(Incremental):
-    __slots__ = ("ema1", "ema2")
+    STATE: ClassVar[tuple[str, ...]] = ("ema1", "ema2")
 
     def __init__(self, period: int) -> None:
         self.ema1 = EMA(period)
@@ -250,8 +331,9 @@ class DEMA(Incremental):
         return ((2.0 * e1) - e2,)
 
 
+@final
 class TEMA(Incremental):
-    __slots__ = ("ema1", "ema2", "ema3")
+    STATE: ClassVar[tuple[str, ...]] = ("ema1", "ema2", "ema3")
 
     def __init__(self, period: int) -> None:
         self.ema1 = EMA(period)
@@ -271,13 +353,18 @@ class TEMA(Incremental):
         return ((3.0 * e1) - (3.0 * e2) + e3,)
 
 
+# KAMA's smoothing constants, between 2 and 30 periods (module constants: compiled classes have no
+# class-level float constants).
+_KAMA_CONST_MAX: Final = 2.0 / (30.0 + 1.0)
+_KAMA_CONST_DIFF: Final = 2.0 / (2.0 + 1.0) - _KAMA_CONST_MAX
+
+
+@final
 class KAMA(Incremental):
     """TA_KAMA: efficiency ratio over `period` changes (a running sum of absolute changes, as in
     TA-Lib), smoothing constant between 2 and 30 periods."""
 
-    __slots__ = ("period", "count", "window", "sum_roc", "trailing_value", "value")
-    _CONST_MAX = 2.0 / (30.0 + 1.0)
-    _CONST_DIFF = 2.0 / (2.0 + 1.0) - _CONST_MAX
+    STATE: ClassVar[tuple[str, ...]] = ("period", "count", "window", "sum_roc", "trailing_value", "value")
 
     def __init__(self, period: int) -> None:
         self.period = period
@@ -287,12 +374,15 @@ class KAMA(Incremental):
         self.trailing_value = 0.0
         self.value = NAN
 
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.count, self.window, self.sum_roc, self.trailing_value, self.value)
+
     def _smooth(self, x: float, period_roc: float) -> None:
         if self.sum_roc <= period_roc or _is_zero(self.sum_roc):
             ratio = 1.0
         else:
             ratio = abs(period_roc / self.sum_roc)
-        ratio = (ratio * self._CONST_DIFF) + self._CONST_MAX
+        ratio = (ratio * _KAMA_CONST_DIFF) + _KAMA_CONST_MAX
         ratio *= ratio
         self.value = ((x - self.value) * ratio) + self.value
 
@@ -322,6 +412,7 @@ class KAMA(Incremental):
         return (self.value,)
 
 
+@final
 class MACD(Incremental):
     """TA_MACD: the fast EMA starts late so that it is seeded on the slow EMA's last `fast` inputs.
 
@@ -329,8 +420,8 @@ class MACD(Incremental):
     MACDFIX (periods 0), not to MACD(12, 26, 9), as the parity tests confirm.
     """
 
-    __slots__ = ("fast_start", "count", "fast", "slow", "signal")
-    n_outputs = 3
+    STATE: ClassVar[tuple[str, ...]] = ("fast_start", "count", "fast", "slow", "signal")
+    n_outputs: ClassVar[int] = 3
 
     def __init__(self, fastperiod: int, slowperiod: int, signalperiod: int) -> None:
         if slowperiod < fastperiod:
@@ -340,6 +431,9 @@ class MACD(Incremental):
         self.fast = EMA(fastperiod)
         self.slow = EMA(slowperiod)
         self.signal = EMA(signalperiod)
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.fast_start, self.count)
 
     def update(self, x: float) -> tuple[float, float, float]:
         self.count += 1
@@ -359,10 +453,11 @@ class MACD(Incremental):
 # --- momentum ------------------------------------------------------------------
 
 
+@final
 class RSI(Incremental):
     """TA_RSI: Wilder smoothing of gains and losses, seeded by their plain average."""
 
-    __slots__ = ("period", "count", "prev", "gain", "loss")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "count", "prev", "gain", "loss")
 
     def __init__(self, period: int) -> None:
         self.period = period
@@ -370,6 +465,9 @@ class RSI(Incremental):
         self.prev = 0.0
         self.gain = 0.0
         self.loss = 0.0
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.count, self.prev, self.gain, self.loss)
 
     def update(self, x: float) -> tuple[float]:
         period = self.period
@@ -397,12 +495,16 @@ class RSI(Incremental):
         return (100.0 * (gain / total) if total != 0.0 else 0.0,)  # _is_zero(total), inlined
 
 
+@final
 class MOM(Incremental):
-    __slots__ = ("period", "window")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "window")
 
     def __init__(self, period: int) -> None:
         self.period = period
         self.window: list[float] = []
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.window)
 
     def update(self, x: float) -> tuple[float]:
         window = self.window
@@ -412,12 +514,16 @@ class MOM(Incremental):
         return (x - window.pop(0),)
 
 
+@final
 class ROC(Incremental):
-    __slots__ = ("period", "window")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "window")
 
     def __init__(self, period: int) -> None:
         self.period = period
         self.window: list[float] = []
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.window)
 
     def update(self, x: float) -> tuple[float]:
         window = self.window
@@ -428,13 +534,17 @@ class ROC(Incremental):
         return (((x / prev) - 1.0) * 100.0 if prev != 0.0 else 0.0,)
 
 
+@final
 class WILLR(Incremental):
-    __slots__ = ("period", "highs", "lows")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "highs", "lows")
 
     def __init__(self, period: int) -> None:
         self.period = period
         self.highs: list[float] = []
         self.lows: list[float] = []
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.highs, self.lows)
 
     def update(self, high: float, low: float, close: float) -> tuple[float]:
         highs, lows = self.highs, self.lows
@@ -445,16 +555,17 @@ class WILLR(Incremental):
         if len(highs) > self.period:
             highs.pop(0)
             lows.pop(0)
-        highest, lowest = max(highs), min(lows)
+        highest, lowest = _highest(highs), _lowest(lows)
         diff = (highest - lowest) / (-100.0)
         return ((highest - close) / diff if diff != 0.0 else 0.0,)
 
 
+@final
 class STOCH(Incremental):
     """TA_STOCH with SMA smoothing: fast %K, its SMA (slow %K), that SMA again (slow %D)."""
 
-    __slots__ = ("period", "highs", "lows", "slow_k", "slow_d")
-    n_outputs = 2
+    STATE: ClassVar[tuple[str, ...]] = ("period", "highs", "lows", "slow_k", "slow_d")
+    n_outputs: ClassVar[int] = 2
 
     def __init__(self, fastk_period: int, slowk_period: int, slowd_period: int) -> None:
         self.period = fastk_period
@@ -462,6 +573,9 @@ class STOCH(Incremental):
         self.lows: list[float] = []
         self.slow_k = SMA(slowk_period)
         self.slow_d = SMA(slowd_period)
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.highs, self.lows)
 
     def update(self, high: float, low: float, close: float) -> tuple[float, float]:
         highs, lows = self.highs, self.lows
@@ -472,8 +586,8 @@ class STOCH(Incremental):
         if len(highs) > self.period:
             highs.pop(0)
             lows.pop(0)
-        lowest = min(lows)
-        diff = (max(highs) - lowest) / 100.0
+        lowest = _lowest(lows)
+        diff = (_highest(highs) - lowest) / 100.0
         fast_k = (close - lowest) / diff if diff != 0.0 else 0.0
         slow_k = self.slow_k.step(fast_k)
         if slow_k != slow_k:
@@ -484,15 +598,19 @@ class STOCH(Incremental):
         return (slow_k, slow_d)
 
 
+@final
 class CCI(Incremental):
     """TA_CCI: sums over the circular buffer in its physical order, as the C code does."""
 
-    __slots__ = ("period", "count", "buffer")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "count", "buffer")
 
     def __init__(self, period: int) -> None:
         self.period = period
         self.count = 0
         self.buffer = [0.0] * period
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.count, self.buffer)
 
     def update(self, high: float, low: float, close: float) -> tuple[float]:
         period = self.period
@@ -503,10 +621,14 @@ class CCI(Incremental):
         if self.count < period:
             return (NAN,)
         # Plain left-to-right sums from 0.0, like the C loops (not sum(), which compensates
-        # rounding on Python >= 3.12), run by reduce at C speed.
-        average = reduce(add, buffer, 0.0)
+        # rounding on Python >= 3.12).
+        average = 0.0
+        for value in buffer:
+            average += value
         average /= period
-        deviation = reduce(add, map(abs, map(sub, buffer, repeat(average))), 0.0)
+        deviation = 0.0
+        for value in buffer:
+            deviation += abs(value - average)
         distance = last - average
         mean_deviation = deviation / period
         # TA-Lib 0.8 treats a distance or deviation within 1e-14 of the mean as noise (0), so a
@@ -517,12 +639,15 @@ class CCI(Incremental):
         return (distance / (0.015 * mean_deviation),)
 
 
+# A total money flow below this gives MFI 0 (TA-Lib 0.8 behaviour, checked against it in the tests).
+_MFI_MIN_TOTAL: Final = 1e-8
+
+
+@final
 class MFI(Incremental):
     """TA_MFI: running sums of positive and negative money flow over a circular buffer."""
 
-    __slots__ = ("period", "count", "prev", "pos_sum", "neg_sum", "pos", "neg")
-    # A total money flow below this gives 0 (TA-Lib 0.8 behaviour, checked against it in the tests).
-    MIN_TOTAL = 1e-8
+    STATE: ClassVar[tuple[str, ...]] = ("period", "count", "prev", "pos_sum", "neg_sum", "pos", "neg")
 
     def __init__(self, period: int) -> None:
         self.period = period
@@ -532,6 +657,9 @@ class MFI(Incremental):
         self.neg_sum = 0.0
         self.pos = [0.0] * period
         self.neg = [0.0] * period
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.count, self.prev, self.pos_sum, self.neg_sum, self.pos, self.neg)
 
     def update(self, high: float, low: float, close: float, volume: float) -> tuple[float]:
         period = self.period
@@ -561,19 +689,23 @@ class MFI(Incremental):
         if self.count <= period:
             return (NAN,)
         total = self.pos_sum + self.neg_sum
-        return (0.0 if total < self.MIN_TOTAL else 100.0 * (self.pos_sum / total),)
+        return (0.0 if total < _MFI_MIN_TOTAL else 100.0 * (self.pos_sum / total),)
 
 
+@final
 class AROON(Incremental):
     """TA_AROON over `period`+1 candles; ties go to the most recent candle. Outputs (down, up)."""
 
-    __slots__ = ("period", "highs", "lows")
-    n_outputs = 2
+    STATE: ClassVar[tuple[str, ...]] = ("period", "highs", "lows")
+    n_outputs: ClassVar[int] = 2
 
     def __init__(self, period: int) -> None:
         self.period = period
         self.highs: list[float] = []
         self.lows: list[float] = []
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.highs, self.lows)
 
     def update(self, high: float, low: float) -> tuple[float, float]:
         highs, lows = self.highs, self.lows
@@ -586,18 +718,19 @@ class AROON(Incremental):
             highs.pop(0)
             lows.pop(0)
         # The index (0..period) of the highest high and of the lowest low, the latest on ties.
-        high_idx = period - highs[::-1].index(max(highs))
-        low_idx = period - lows[::-1].index(min(lows))
+        # TA-Lib: factor * (period - (today - idx)), where today - idx is period - (index in the window).
+        high_idx = _last_index_of_highest(highs)
+        low_idx = _last_index_of_lowest(lows)
         factor = 100.0 / period
-        # TA-Lib: factor * (period - (today - idx)); today - idx is period - (index in the window)
         return (factor * low_idx, factor * high_idx)
 
 
+@final
 class ADX(Incremental):
     """TA_ADX: Wilder sums of +DM, -DM and true range; ADX seeded by the mean of the first DX values."""
 
-    __slots__ = ("period", "count", "prev_high", "prev_low", "prev_close", "plus_dm", "minus_dm", "tr",
-                 "sum_dx", "adx")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "count", "prev_high", "prev_low", "prev_close", "plus_dm",
+                                        "minus_dm", "tr", "sum_dx", "adx")
 
     def __init__(self, period: int) -> None:
         self.period = period
@@ -606,6 +739,10 @@ class ADX(Incremental):
         self.plus_dm = self.minus_dm = self.tr = 0.0
         self.sum_dx = 0.0
         self.adx = NAN
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.count, self.prev_high, self.prev_low, self.prev_close,
+                self.plus_dm, self.minus_dm, self.tr, self.sum_dx, self.adx)
 
     def update(self, high: float, low: float, close: float) -> tuple[float]:
         period = self.period
@@ -663,10 +800,11 @@ class ADX(Incremental):
 # --- volatility ----------------------------------------------------------------
 
 
+@final
 class ATR(Incremental):
     """TA_ATR: SMA of the first `period` true ranges, then Wilder smoothing. NATR divides by close."""
 
-    __slots__ = ("period", "normalised", "count", "prev_close", "seed", "value")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "normalised", "count", "prev_close", "seed", "value")
 
     def __init__(self, period: int, normalised: bool = False) -> None:
         self.period = period
@@ -675,6 +813,9 @@ class ATR(Incremental):
         self.prev_close = 0.0
         self.seed = SMA(period)
         self.value = NAN
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.normalised, self.count, self.prev_close, self.value)
 
     def update(self, high: float, low: float, close: float) -> tuple[float]:
         self.count += 1
@@ -719,18 +860,25 @@ def _window_variance(window: list[float]) -> float:
     """
     period = len(window)
     mean = math.fsum(window) / period
-    deviations = list(map(sub, window, repeat(mean)))
-    return math.fsum(map(mul, deviations, deviations)) / period
+    squares = []
+    for value in window:
+        deviation = value - mean
+        squares.append(deviation * deviation)
+    return math.fsum(squares) / period
 
 
+@final
 class VAR(Incremental):
     """Variance over the last `period` inputs (finite memory: only the window is kept)."""
 
-    __slots__ = ("period", "window")
+    STATE: ClassVar[tuple[str, ...]] = ("period", "window")
 
     def __init__(self, period: int) -> None:
         self.period = period
         self.window: list[float] = []
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.period, self.window)
 
     def step(self, x: float) -> float:
         window = self.window
@@ -745,12 +893,16 @@ class VAR(Incremental):
         return (self.step(x),)
 
 
+@final
 class STDDEV(Incremental):
-    __slots__ = ("nbdev", "var")
+    STATE: ClassVar[tuple[str, ...]] = ("nbdev", "var")
 
     def __init__(self, period: int, nbdev: float) -> None:
         self.nbdev = nbdev
         self.var = VAR(period)
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.nbdev,)
 
     def update(self, x: float) -> tuple[float]:
         variance = self.var.step(x)
@@ -761,17 +913,21 @@ class STDDEV(Incremental):
         return (math.sqrt(variance) * self.nbdev,)
 
 
+@final
 class BBANDS(Incremental):
     """TA_BBANDS with an SMA middle band and the population deviation of the same window."""
 
-    __slots__ = ("nbdevup", "nbdevdn", "sma", "var")
-    n_outputs = 3
+    STATE: ClassVar[tuple[str, ...]] = ("nbdevup", "nbdevdn", "sma", "var")
+    n_outputs: ClassVar[int] = 3
 
     def __init__(self, period: int, nbdevup: float, nbdevdn: float) -> None:
         self.nbdevup = nbdevup
         self.nbdevdn = nbdevdn
         self.sma = SMA(period)
         self.var = VAR(period)
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.nbdevup, self.nbdevdn)
 
     def update(self, x: float) -> tuple[float, float, float]:
         middle = self.sma.step(x)
@@ -788,13 +944,17 @@ class BBANDS(Incremental):
 # --- volume --------------------------------------------------------------------
 
 
+@final
 class OBV(Incremental):
-    __slots__ = ("started", "prev", "value")
+    STATE: ClassVar[tuple[str, ...]] = ("started", "prev", "value")
 
     def __init__(self) -> None:
         self.started = False
         self.prev = 0.0
         self.value = 0.0
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.started, self.prev, self.value)
 
     def update(self, close: float, volume: float) -> tuple[float]:
         if not self.started:
@@ -815,21 +975,26 @@ def _ad_step(ad: float, high: float, low: float, close: float, volume: float) ->
     return ad
 
 
+@final
 class AD(Incremental):
-    __slots__ = ("value",)
+    STATE: ClassVar[tuple[str, ...]] = ("value",)
 
     def __init__(self) -> None:
         self.value = 0.0
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.value,)
 
     def update(self, high: float, low: float, close: float, volume: float) -> tuple[float]:
         self.value = _ad_step(self.value, high, low, close, volume)
         return (self.value,)
 
 
+@final
 class ADOSC(Incremental):
     """TA_ADOSC: two EMAs of the A/D line, both seeded with its first value (not an SMA)."""
 
-    __slots__ = ("lookback", "fast_k", "slow_k", "count", "ad", "fast", "slow")
+    STATE: ClassVar[tuple[str, ...]] = ("lookback", "fast_k", "slow_k", "count", "ad", "fast", "slow")
 
     def __init__(self, fastperiod: int, slowperiod: int) -> None:
         self.lookback = max(fastperiod, slowperiod) - 1
@@ -839,6 +1004,9 @@ class ADOSC(Incremental):
         self.ad = 0.0
         self.fast = 0.0
         self.slow = 0.0
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.lookback, self.fast_k, self.slow_k, self.count, self.ad, self.fast, self.slow)
 
     def update(self, high: float, low: float, close: float, volume: float) -> tuple[float]:
         self.ad = ad = _ad_step(self.ad, high, low, close, volume)
@@ -856,6 +1024,7 @@ class ADOSC(Incremental):
 # --- the generic fallback --------------------------------------------------------
 
 
+@final
 class Replay(Incremental):
     """Any TA-Lib function: keep every input, run the batch function, return its last row.
 
@@ -864,7 +1033,7 @@ class Replay(Incremental):
     incremental implementation above.
     """
 
-    __slots__ = ("history", "_run")
+    STATE: ClassVar[tuple[str, ...]] = ("history", "_run")
 
     def __init__(self, run: Callable[[list[list[float]]], Sequence[Any]], n_inputs: int) -> None:
         self._run = run
@@ -878,6 +1047,9 @@ class Replay(Incremental):
 
     def state_slots(self) -> tuple[str, ...]:
         return ("history",)
+
+    def plain_state(self) -> tuple[object, ...]:
+        return (self.history,)
 
     def to_state(self) -> list[Any]:
         return [[list(column) for column in self.history]]
