@@ -104,6 +104,13 @@ def test_invalid_candle_field_is_named(field: str, value: object) -> None:
         decode_candle(json.dumps({**CANDLE, field: value}))
 
 
+@pytest.mark.parametrize(("field", "value"), [("close", math.nan), ("low", math.inf), ("volume", math.nan),
+                                              ("buy_volume", math.inf), ("open", -math.inf), ("symbol", "")])
+def test_non_finite_candle_built_in_python_is_rejected(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        Candle(**{**CANDLE, field: value})
+
+
 @pytest.mark.parametrize(("name", "value"), [("rsi_14", "55"), ("rsi_14", True), ("ema_21", [1.0])])
 def test_features_indicator_must_be_number_or_null(name: str, value: object) -> None:
     with pytest.raises(RecordError, match=name):

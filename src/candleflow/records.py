@@ -97,6 +97,13 @@ class Candle(msgspec.Struct, frozen=True, kw_only=True):
     gap_fill: bool
 
     def __post_init__(self) -> None:
+        # Every candle the features service reads passes through here: one chained test accepts
+        # a valid candle (NaN fails every comparison); the checks below only name the offending field.
+        if (self.exchange and self.symbol and self.timeframe and 0.0 < self.open < _INF and 0.0 < self.high < _INF
+                and 0.0 < self.low < _INF and 0.0 < self.close < _INF and 0.0 < self.vwap < _INF
+                and 0.0 <= self.volume < _INF and 0.0 <= self.quote_volume < _INF and 0.0 <= self.buy_volume < _INF
+                and self.end_ms > self.start_ms and self.trades >= 0):
+            return
         for field in ("exchange", "symbol", "timeframe"):
             _require_text("candle", field, getattr(self, field))
         for field in ("open", "high", "low", "close", "vwap"):

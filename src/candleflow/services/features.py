@@ -1,16 +1,21 @@
 """The features service: final candles in (`candles`), one Features row per candle out (`features`).
 
-A thin Quix Streams app around :class:`candleflow.core.features.FeatureEngine`:
+:class:`FeaturesProcessor` is what the service does with one message, around
+:class:`candleflow.core.features.FeatureEngine`; the Kafka side (batches,
+transactions, the state topic, rebalances) is :mod:`candleflow.services.batch_runtime`.
 
-- one engine per message key (``exchange:symbol:timeframe``); its state lives in
-  the Quix state store (RocksDB + changelog topic), written after every candle,
-  so a restarted or rebalanced process continues exactly where the committed
+- one engine per message key (``exchange:symbol:timeframe``); its state (a
+  position and the engine state) is kept per key, in memory and on the
+  service's compacted state topic, written once per processed batch, so a
+  restarted or rebalanced process continues exactly where the committed
   state stopped. With ``processing_guarantee: exactly-once`` the state, the
   output rows and the consumer offsets commit in one Kafka transaction, so a
   process killed at any instant leaves no duplicate and no gap in `features`;
 - the state is stored under the indicator configuration's fingerprint: after a
   configuration change every key starts a fresh engine (recompute history with
   `candleflow compute features` when the new indicators must cover it);
+- a key the service has no state for continues from the backfill's hand-over
+  state when there is one (``candleflow backfill --handover-state``);
 - gap-fill candles are ordinary time steps; a candle that is not newer than the
   last one of its key (a replayed duplicate), or that cannot be decoded, goes
   to the dead-letter topic with the reason;
@@ -21,20 +26,18 @@ A thin Quix Streams app around :class:`candleflow.core.features.FeatureEngine`:
   candle for a key this process has not seen yet is skipped (counted).
 
 A process keeps the engines it used recently in memory and reuses one only if
-its candle count and last start match the stored state, so the store stays the
-single source of truth (after an aborted transaction the state wins).
+its candle count and last start match the stored state, so the stored state
+stays the single source of truth (after an aborted transaction the state wins).
 
 Per candle the hot path is: decode and validate the candle, one small state
-read (the position), the engine update, two state writes (engine state as
-MessagePack, position) and the Features row, encoded by joining the encoded
-candle and the encoded values (see bench/results/features_stream.md for where
-the time goes).
+read (the position), the engine update, two state writes (plain dict entries;
+the runtime encodes each touched key's state once per batch) and the Features
+row, encoded by joining the encoded candle and the encoded values (see
+bench/results/features_stream.md for where the time goes).
 """
 
 from __future__ import annotations
 
-import signal
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -65,18 +68,29 @@ log = get_logger(__name__)
 class _Cached:
     engine: FeatureEngine
     last_start_ms: int
+    state: Any  # the state object the engine was last stored in
 
 
 class FeaturesProcessor:
     """What the service does with one message; no Kafka here, so tests can drive it directly.
 
-    `state` is anything with ``get(key, default)`` and ``set(key, value)`` (a Quix State).
+    `state` is anything with ``get(key, default)`` and ``set(key, value)``: the key's state
+    (the runtime gives each message key of each partition a dict of its own).
     Each method returns ``[(destination, value_bytes), ...]``.
+
+    With ``live_engines`` the engine object itself is stored under the engine key
+    instead of a snapshot of its state (:meth:`FeatureEngine.raw_state`, the
+    largest cost per candle after the maths); whoever writes the state out
+    takes the snapshot then, once (see :func:`snapshot`). An engine is then
+    reused only with the state object it is stored in, so a stored engine always
+    belongs to that state alone and matches its position.
     """
 
-    def __init__(self, settings: Settings, cache_size: int = 10_000) -> None:
+    def __init__(self, settings: Settings, cache_size: int = 10_000, live_engines: bool = False) -> None:
         self.settings = settings
         self.config = settings.features
+        self.live_engines = live_engines
+        self._keys: dict[str, tuple[str, str]] = {}
         self._indicators: dict[str, Any] = {}
         self._fingerprints: dict[str, str] = {}
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
@@ -94,10 +108,13 @@ class FeaturesProcessor:
     def _state_keys(self, timeframe: str) -> tuple[str, str]:
         """(position key, engine key): the small position is read on every candle, the engine only
         when this process has no matching copy in memory."""
-        if timeframe not in self._fingerprints:
-            self._engine_for(timeframe)
-        fingerprint = self._fingerprints[timeframe]
-        return f"position:{fingerprint}", f"engine:{fingerprint}"
+        keys = self._keys.get(timeframe)
+        if keys is None:
+            if timeframe not in self._fingerprints:
+                self._engine_for(timeframe)
+            fingerprint = self._fingerprints[timeframe]
+            keys = self._keys[timeframe] = (f"position:{fingerprint}", f"engine:{fingerprint}")
+        return keys
 
     def _dead(self, reason: str, raw: bytes, detail: str, key: str, source: str) -> list[tuple[str, bytes]]:
         DEAD_LETTERS.labels(SERVICE, reason).inc()
@@ -122,30 +139,42 @@ class FeaturesProcessor:
         candle = self._decode(raw, key, self.settings.topics.candles.name)
         if isinstance(candle, list):
             return candle
+        candle_key = key or candle.key  # equal when the message has a key (checked by _decode)
         position_key, engine_key = self._state_keys(candle.timeframe)
         position = state.get(position_key, None)
-        cached = self._cache.get(candle.key)
+        cached = self._cache.get(candle_key)
         if position is None:
             engine, last_start = self._seeded(candle)
         else:
             last_start, count = position
-            if cached is not None and cached.last_start_ms == last_start and cached.engine.count == count:
+            if (cached is not None and cached.last_start_ms == last_start and cached.engine.count == count
+                    and (cached.state is state or not self.live_engines)):
                 engine = cached.engine
             else:  # first sight in this process, or the store was rolled back: the store wins
-                engine = self._engine_for(candle.timeframe)
-                engine.load_state(state.get(engine_key))
+                saved = state.get(engine_key)
+                if isinstance(saved, FeatureEngine):  # live_engines: this state's own engine
+                    engine = saved
+                else:
+                    engine = self._engine_for(candle.timeframe)
+                    engine.load_state(saved)
         if last_start is not None:
             if candle.start_ms <= last_start:
                 return self._dead("stale_candle", raw,
                                   f"start_ms {candle.start_ms} is not after the key's last candle {last_start}",
-                                  candle.key, self.settings.topics.candles.name)
+                                  candle_key, self.settings.topics.candles.name)
             if candle.start_ms != last_start + self._timeframe_ms[candle.timeframe]:
                 GAPS.inc()
-                log.warning("candle gap", key=candle.key, previous_start_ms=last_start, start_ms=candle.start_ms)
+                log.warning("candle gap", key=candle_key, previous_start_ms=last_start, start_ms=candle.start_ms)
         values = engine.update(candle)
-        state.set(engine_key, engine.raw_state())  # encoded at once by the state store's dumps
+        # The engine itself (live_engines, see the class doc), or a snapshot with live references
+        # that whoever stores it must encode at once.
+        state.set(engine_key, engine if self.live_engines else engine.raw_state())
         state.set(position_key, [candle.start_ms, engine.count])
-        self._remember(candle.key, _Cached(engine, candle.start_ms))
+        if cached is not None and cached.engine is engine:
+            cached.last_start_ms, cached.state = candle.start_ms, state
+            self._cache.move_to_end(candle_key)
+        else:
+            self._remember(candle_key, _Cached(engine, candle.start_ms, state))
         counter = self._counters.get(candle.timeframe)
         if counter is None:
             counter = self._counters[candle.timeframe] = CANDLES_IN.labels(candle.timeframe)
@@ -184,11 +213,22 @@ class FeaturesProcessor:
         PARTIALS_OUT.inc()
         return [(PARTIAL, encode(row))]
 
+    def forget(self, keys: Any) -> None:
+        """Drop the in-memory engines of `keys` (their partition moved to another process)."""
+        for key in keys:
+            self._cache.pop(key, None)
+
     def _remember(self, key: str, cached: _Cached) -> None:
         self._cache[key] = cached
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+
+
+def snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    """A key's state as plain data, for :func:`encode_state`: live engines (see
+    :class:`FeaturesProcessor`) replaced by their state."""
+    return {name: value.raw_state() if isinstance(value, FeatureEngine) else value for name, value in state.items()}
 
 
 def features_row(candle: Candle, values: dict[str, float | None]) -> bytes:
@@ -218,7 +258,7 @@ def encode_state(value: Any) -> bytes:
     Keys (text) are JSON, as they always were, so an existing store keeps its
     keys. Values are MessagePack: every float is its 8 bytes (exact, NaN kept),
     several times cheaper to write and read than JSON text for the ~400 numbers
-    of an engine state written after every candle.
+    of an engine state.
     """
     if type(value) is str:
         return _key_encoder.encode(value)
@@ -232,73 +272,12 @@ def decode_state(raw: bytes) -> Any:
     return _value_decoder.decode(raw)
 
 
-def build_app(settings: Settings) -> Any:
-    """The Quix Application with its topology; `app.run()` starts it."""
-    from quixstreams import Application
-    from quixstreams.kafka.configuration import ConnectionConfig
-    from quixstreams.models.serializers import Serializer
-    from quixstreams.models.topics import TopicConfig as QuixTopicConfig
-    from quixstreams.state.rocksdb import RocksDBOptions
-
-    class Payload(Serializer):
-        """The processor emits (destination, bytes) items; the bytes are the message value."""
-
-        def __call__(self, value: tuple[str, bytes], ctx: Any) -> bytes:
-            return value[1]
-
-    processor = FeaturesProcessor(settings)
-    topics = settings.topics
-    app = Application(
-        broker_address=ConnectionConfig.from_librdkafka_dict(settings.kafka.client_config()),
-        consumer_group=settings.features.consumer_group,
-        processing_guarantee=settings.features.processing_guarantee,
-        auto_offset_reset="earliest",
-        state_dir=str(settings.data_dir / "state" / "features"),
-        # Exact and cheap: see encode_state.
-        rocksdb_options=RocksDBOptions(dumps=encode_state, loads=decode_state),
-        commit_interval=1.0,
-        loglevel="WARNING",
-    )
-
-    def output(name: str, config: Any) -> Any:
-        return app.topic(name, value_serializer=Payload(), key_serializer="bytes",
-                         config=QuixTopicConfig(num_partitions=config.partitions,
-                                                replication_factor=settings.kafka.replication_factor))
-
-    candles_topic = app.topic(topics.candles.name, value_deserializer="bytes", key_deserializer="bytes")
-    features_topic = output(topics.features.name, topics.features)
-    dlq_topic = output(topics.dlq.name, topics.dlq)
-
-    def on_final(value: bytes, key: bytes | None, _timestamp: int, _headers: Any, state: Any) -> list:
-        return processor.final(value, (key or b"").decode("utf-8", "replace"), state)
-
-    # One chain, each item routed to its topic (cheaper per message than a filtered branch per topic).
-    routes = {FEATURES: features_topic, DLQ: dlq_topic}
-    sdf = app.dataframe(candles_topic).apply(on_final, stateful=True, metadata=True, expand=True)
-    sdf.to_topic(lambda item, _key, _timestamp, _headers: routes[item[0]])
-
-    if settings.features.partial_updates:
-        partial_in = app.topic(topics.candles_partial.name, value_deserializer="bytes", key_deserializer="bytes")
-        partial_out = output(topics.features_partial.name, topics.features_partial)
-
-        def on_partial(value: bytes, key: bytes | None, _timestamp: int, _headers: Any) -> list:
-            return processor.partial(value, (key or b"").decode("utf-8", "replace"))
-
-        live_routes = {PARTIAL: partial_out, DLQ: dlq_topic}
-        live = app.dataframe(partial_in).apply(on_partial, metadata=True, expand=True)
-        live.to_topic(lambda item, _key, _timestamp, _headers: live_routes[item[0]])
-    return app
-
-
 def run(settings: Settings) -> None:
-    """Run the service until SIGINT/SIGTERM."""
+    """Run the service until SIGINT/SIGTERM (the Kafka loop is :mod:`candleflow.services.batch_runtime`)."""
+    from candleflow.services import batch_runtime
+
     serve_metrics(settings.features.metrics_port, settings.metrics_host)
-    app = build_app(settings)
-    signal.signal(signal.SIGTERM, lambda *_: app.stop())
-    log.info("features service starting", candles=settings.topics.candles.name,
-             features=settings.topics.features.name, guarantee=settings.features.processing_guarantee,
-             started_at=time.time())
-    app.run()
+    batch_runtime.run(settings)
 
 
 # --- batch path: files in, files out --------------------------------------------
