@@ -119,6 +119,22 @@ def test_parquet_with_bad_rows(tmp_path: Path) -> None:
     assert bad_lines(result) == [(2, "invalid_price"), (3, "missing_field"), (4, "missing_field")]
 
 
+def test_parquet_row_groups_mixed_case_venues_and_late_bad_rows(tmp_path: Path) -> None:
+    # Several row groups (a many-chunk table), venues spelled in several cases, bad rows in a late group:
+    # texts are normalised per distinct value and the bad rows keep their row numbers.
+    path = tmp_path / "groups.parquet"
+    exchanges = ["Kraken", "BINANCE", "kraken", "binance", "KRAKEN", "Binance", "kraken", "binance"]
+    sides = ["buy", "SELL", " b ", "sell", "buy", "hold", "s", "buy"]
+    prices = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -7.0, 8.0]
+    pl.DataFrame({"exchange": exchanges, "symbol": ["BTC/USD"] * 8, "ts_ms": list(range(1, 9)), "price": prices,
+                  "qty": [1.0] * 8, "side": sides}).write_parquet(path, row_group_size=2)
+    result = read_trades(path)
+    assert result.trades.select("exchange", "side", "ts_ms").rows() == [
+        ("kraken", "buy", 1), ("binance", "sell", 2), ("kraken", "buy", 3), ("binance", "sell", 4),
+        ("kraken", "buy", 5), ("binance", "buy", 8)]
+    assert bad_lines(result) == [(6, "invalid_side"), (7, "invalid_price")]
+
+
 def test_parquet_text_columns_are_checked_like_csv_and_float_times_are_rejected(tmp_path: Path) -> None:
     text = tmp_path / "text.parquet"
     pl.DataFrame({"ts_ms": ["5", "6", "x"], "price": ["1.5", "abc", "2"], "qty": ["1", "1", "1"],

@@ -204,8 +204,14 @@ def test_aggregate_frame_groups_runs_and_interleaved_markets_alike(monkeypatch):
     trades = pl.DataFrame(rows, schema=["exchange", "symbol", "ts_ms", "price", "qty", "is_buy"], orient="row")
     by_runs = aggregate_frame(trades, ["1m", "15m"])
     monkeypatch.setattr(candles_batch, "_MAX_RUNS", 0)
-    by_hashing = aggregate_frame(trades, ["1m", "15m"])
-    assert by_runs.equals(by_hashing)
+    by_codes = aggregate_frame(trades, ["1m", "15m"])
+    assert by_runs.equals(by_codes)
+    monkeypatch.setattr(candles_batch, "_MAX_SCANNED_MARKETS", 0)  # many markets: grouped by one stable sort
+    by_sorting = aggregate_frame(trades, ["1m", "15m"])
+    assert by_runs.equals(by_sorting)
+    shared = candles_batch.market_rows(trades)
+    assert sorted(market for market, _ in shared) == sorted(markets)
+    assert aggregate_frame(trades, ["1m", "15m"], markets=shared).equals(by_runs)
     expected = []
     for exchange, symbol in sorted(markets, key=lambda m: candle_key(*m, "15m")):
         mine = [(r[2], r[3], r[4], r[5]) for r in rows if (r[0], r[1]) == (exchange, symbol)]

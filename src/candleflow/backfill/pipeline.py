@@ -24,7 +24,8 @@ cannot be told apart and are all kept (``ComputeResult.without_id`` counts them)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from candleflow.config import Settings
+from candleflow.core.candles_batch import MarketRows, aggregate_markets, market_rows, sorted_markets
 from candleflow.log import get_logger
 
 log = get_logger("candleflow.backfill.pipeline")
@@ -42,6 +44,9 @@ _INDICATOR_INPUTS = ("open", "high", "low", "close", "volume", "quote_volume", "
 
 @dataclass
 class StageTimes:
+    """Wall-clock seconds per stage. In :func:`run` the offline writes overlap the computation, so
+    ``offline_s`` is only the wait for them once everything is computed."""
+
     dedup_s: float = 0.0
     candles_s: float = 0.0
     features_s: float = 0.0
@@ -68,6 +73,13 @@ class ComputeResult:
 def prepare_trades(trades: pl.DataFrame, since_ms: int | None = None,
                    until_ms: int | None = None) -> tuple[pl.DataFrame, int, int]:
     """Trades inside ``[since_ms, until_ms)``, first copy of each trade id; (frame, duplicates, out_of_range)."""
+    kept, duplicates, out_of_range, _ = prepare_trades_and_markets(trades, since_ms, until_ms)
+    return kept, duplicates, out_of_range
+
+
+def prepare_trades_and_markets(trades: pl.DataFrame, since_ms: int | None = None,
+                               until_ms: int | None = None) -> tuple[pl.DataFrame, int, int, MarketRows | None]:
+    """prepare_trades, plus the rows of each market of the result when they were found on the way."""
     total = trades.height
     if since_ms is not None or until_ms is not None:
         inside = pl.lit(True)
@@ -77,12 +89,15 @@ def prepare_trades(trades: pl.DataFrame, since_ms: int | None = None,
             inside = inside & (pl.col("ts_ms") < until_ms)
         trades = trades.filter(inside)
     out_of_range = total - trades.height
-    kept = _first_copies(trades) if "trade_id" in trades.columns else trades
-    return kept, trades.height - kept.height, out_of_range
+    if "trade_id" not in trades.columns or trades.height == 0:
+        return trades, 0, out_of_range, None
+    kept, markets = _first_copies(trades)
+    return kept, trades.height - kept.height, out_of_range, markets
 
 
-def _first_copies(trades: pl.DataFrame) -> pl.DataFrame:
-    """The first row of each (exchange, symbol, trade_id), in input order.
+def _first_copies(trades: pl.DataFrame) -> tuple[pl.DataFrame, MarketRows | None]:
+    """The first row of each (exchange, symbol, trade_id), in input order; and the rows of each market
+    (``market_rows``) when no row was dropped, so the candle stage need not find them again.
 
     Venues number their trades, and a file or a REST history lists them in
     increasing order per market, so the usual case is settled by one pass per
@@ -90,31 +105,29 @@ def _first_copies(trades: pl.DataFrame) -> pl.DataFrame:
     fallback. Rows without an id (Kraken's time-and-sales files have none)
     are all kept.
 
-    Measured on 10M trades of 4 interleaved markets: ~1.0 CPU s with no repeat
-    and ~1.5 s with repeats, against ~4 s for polars' hashing of
-    (exchange, symbol, trade_id) (``unique``/``is_first_distinct``).
+    Measured on 10M trades of 4 interleaved markets: ~0.2 CPU s with no repeat
+    (the market rows are shared with the candle stage), against ~4 s for
+    polars' hashing of (exchange, symbol, trade_id) (``unique``/``is_first_distinct``).
     """
     ids = trades["trade_id"]
     if ids.null_count() == trades.height:
-        return trades
+        return trades, None
     numeric = ids.cast(pl.Int64, strict=False)
     if numeric.null_count() > 0:  # text ids, or some rows without one
         return trades.filter(pl.col("trade_id").is_null()
-                             | pl.struct("exchange", "symbol", "trade_id").is_first_distinct())
+                             | pl.struct("exchange", "symbol", "trade_id").is_first_distinct()), None
     values = numeric.to_numpy()
     keep = np.ones(trades.height, dtype=bool)
-    markets = trades.group_by("exchange", "symbol").len().select("exchange", "symbol").iter_rows()
-    for exchange, symbol in markets:
-        rows = np.flatnonzero(trades.select((pl.col("exchange") == exchange) & (pl.col("symbol") == symbol))
-                              .to_series().to_numpy())
+    markets = market_rows(trades)
+    for _, rows in markets:
         market_ids = values[rows]
         if len(market_ids) < 2 or bool(np.all(market_ids[1:] > market_ids[:-1])):
             continue
         _, first = np.unique(market_ids, return_index=True)  # index of each id's first occurrence
-        repeated = np.ones(len(rows), dtype=bool)
+        repeated = np.ones(len(market_ids), dtype=bool)
         repeated[first] = False
-        keep[rows[repeated]] = False
-    return trades if keep.all() else trades.filter(pl.Series(keep))
+        keep[(np.arange(trades.height)[rows] if isinstance(rows, slice) else rows)[repeated]] = False
+    return (trades, markets) if keep.all() else (trades.filter(pl.Series(keep)), None)
 
 
 def complete_windows(candles: pl.DataFrame, since_ms: int | None, until_ms: int | None,
@@ -142,11 +155,20 @@ def compute(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, 
             until_ms: int | None = None,
             market_until: dict[tuple[str, str], int] | None = None) -> tuple[pl.DataFrame, ComputeResult]:
     """Trades -> Features rows (candle fields + every configured output), ordered by key then start."""
-    from candleflow.core.candles_batch import aggregate_frame
-
     result = ComputeResult()
+    frames = list(_rows_per_timeframe(trades, timeframes, settings, result, since_ms, until_ms, market_until))
+    rows = _by_key(frames)
+    result.keys = rows.select("exchange", "symbol", "timeframe").n_unique() if rows.height else 0
+    return rows, result
+
+
+def _rows_per_timeframe(trades: pl.DataFrame, timeframes: list[str], settings: Settings, result: ComputeResult,
+                        since_ms: int | None, until_ms: int | None,
+                        market_until: dict[tuple[str, str], int] | None) -> Iterator[pl.DataFrame]:
+    """The Features rows of each timeframe in turn (ordered by key then start), counted into ``result``."""
     started = time.perf_counter()
-    trades, result.duplicates, result.out_of_range = prepare_trades(trades, since_ms, until_ms)
+    trades, result.duplicates, result.out_of_range, markets = prepare_trades_and_markets(
+        trades, since_ms, until_ms)
     result.trades = trades.height
     result.without_id = trades["trade_id"].null_count() if "trade_id" in trades.columns else trades.height
     if result.without_id:
@@ -154,17 +176,30 @@ def compute(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, 
                     without_id=result.without_id, trades=result.trades)
     result.times.dedup_s = time.perf_counter() - started
     started = time.perf_counter()
-    candles = aggregate_frame(trades, timeframes)
-    all_candles = candles.height
-    candles = complete_windows(candles, since_ms, until_ms, market_until)
-    result.partial_windows = all_candles - candles.height
-    result.candles = candles.height
-    result.times.candles_s = time.perf_counter() - started
-    started = time.perf_counter()
-    rows = features_frame(candles, settings)
-    result.times.features_s = time.perf_counter() - started
-    result.keys = rows.select("exchange", "symbol", "timeframe").n_unique() if rows.height else 0
-    return rows, result
+    arrays = sorted_markets(trades, markets)  # sorted once, aggregated for each timeframe
+    result.times.candles_s += time.perf_counter() - started
+    for timeframe in timeframes:
+        started = time.perf_counter()
+        candles = aggregate_markets(arrays, [timeframe])
+        complete = complete_windows(candles, since_ms, until_ms, market_until)
+        result.partial_windows += candles.height - complete.height
+        result.candles += complete.height
+        result.times.candles_s += time.perf_counter() - started
+        started = time.perf_counter()
+        rows = features_frame(complete, settings)
+        result.times.features_s += time.perf_counter() - started
+        yield rows
+
+
+def _by_key(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Per-timeframe rows as one frame ordered by candle key (``exchange:symbol:timeframe``) then start."""
+    if len(frames) == 1:
+        return frames[0]
+    rows = pl.concat(frames, rechunk=True) if frames else pl.DataFrame()
+    if not rows.height:
+        return rows
+    key = pl.concat_str(["exchange", "symbol", "timeframe"], separator=":")
+    return rows.sort(key, "start_ms", maintain_order=True)
 
 
 def features_frame(candles: pl.DataFrame, settings: Settings) -> pl.DataFrame:
@@ -222,17 +257,31 @@ def latest_per_key(rows: pl.DataFrame) -> list[dict[str, Any]]:
 def write_store(rows: pl.DataFrame, settings: Settings, result: ComputeResult, *, online: bool = True,
                 on_written: Callable[[int], None] | None = None) -> None:
     """Append every row to the offline dataset, then the newest row per key online (the sink's store code)."""
-    from candleflow.store import repo
-    from candleflow.store.base import online_writer
-    from candleflow.store.offline import OfflineDataset
-
-    columns: dict[str, Sequence[str]] = {tf: list(s.feature_columns) for tf, s in repo.view_schemas(settings).items()}
     started = time.perf_counter()
-    written = OfflineDataset(settings.store.offline_dir).append_frame(rows, columns, on_written)
+    written = _offline_dataset(settings).append_frame(rows, _offline_columns(settings), on_written)
     result.offline_files += len(written)
     result.times.offline_s = time.perf_counter() - started
-    if not online or not rows.height:
+    if online:
+        _write_online(rows, settings, result)
+
+
+def _offline_dataset(settings: Settings) -> Any:
+    from candleflow.store.offline import OfflineDataset
+
+    return OfflineDataset(settings.store.offline_dir)
+
+
+def _offline_columns(settings: Settings) -> dict[str, Sequence[str]]:
+    from candleflow.store import repo
+
+    return {tf: list(s.feature_columns) for tf, s in repo.view_schemas(settings).items()}
+
+
+def _write_online(rows: pl.DataFrame, settings: Settings, result: ComputeResult) -> None:
+    if not rows.height:
         return
+    from candleflow.store.base import online_writer
+
     started = time.perf_counter()
     writer = online_writer(settings)
     writer.setup()
@@ -246,10 +295,38 @@ def write_store(rows: pl.DataFrame, settings: Settings, result: ComputeResult, *
 
 def run(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, since_ms: int | None = None,
         until_ms: int | None = None, market_until: dict[tuple[str, str], int] | None = None, online: bool = True,
-        on_written: Callable[[int], None] | None = None) -> ComputeResult:
-    rows, result = compute(trades, timeframes, settings, since_ms=since_ms, until_ms=until_ms,
-                           market_until=market_until)
-    write_store(rows, settings, result, online=online, on_written=on_written)
+        on_written: Callable[[int], None] | None = None,
+        on_rows: Callable[[int], None] | None = None) -> ComputeResult:
+    """compute() and write_store(), overlapped: durable in the offline dataset (and online) when it returns.
+
+    Each timeframe's rows go to the offline dataset on a writer thread while
+    the next timeframe is computed: Parquet encoding and fsync release the GIL,
+    so on a multi-core machine the writes (~40% of the CPU of a file backfill)
+    mostly hide behind the computation. ``on_rows`` gets each timeframe's row
+    count once computed (for a progress total), ``on_written`` each file's row
+    count once durable. If the computation fails, the timeframes already
+    computed are still written (appends are idempotent for readers: the
+    newest copy of a row wins), and the error propagates.
+    """
+    result = ComputeResult()
+    dataset, columns = _offline_dataset(settings), _offline_columns(settings)
+    frames: list[pl.DataFrame] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-offline") as writer:
+        pending = []
+        for rows in _rows_per_timeframe(trades, timeframes, settings, result, since_ms, until_ms, market_until):
+            frames.append(rows)
+            if on_rows is not None:
+                on_rows(rows.height)
+            if rows.height:
+                pending.append(writer.submit(dataset.append_frame, rows, columns, on_written))
+        started = time.perf_counter()
+        for written in pending:
+            result.offline_files += len(written.result())
+        result.times.offline_s = time.perf_counter() - started  # the part of the writes not hidden
+    rows = _by_key(frames)
+    result.keys = rows.select("exchange", "symbol", "timeframe").n_unique() if rows.height else 0
+    if online:
+        _write_online(rows, settings, result)
     result.features = rows
     log.info("backfill written", trades=result.trades, candles=result.candles, keys=result.keys,
              offline_files=result.offline_files, online_written=result.online_written,

@@ -292,16 +292,23 @@ def _compute_and_write(settings: Any, trades: Any, timeframes: list[str], since_
         _replay(settings, trades, timeframes, since_ms, until_ms, output, bad_rows=bad_rows, bad_pages=bad_pages)
         return
     started = time.perf_counter()
-    rows, result = pipeline.compute(trades, timeframes, settings, since_ms=since_ms, until_ms=until_ms,
-                                    market_until=market_until)
+    with Progress(TextColumn("computing and writing feature rows"), BarColumn(), MofNCompleteColumn(),
+                  console=common.console, disable=not common.console.is_terminal) as progress:
+        # The total grows as each timeframe is computed; files are written while the next one is.
+        task = progress.add_task("write", total=0)
+        computed = [0]
+
+        def add_computed(rows: int) -> None:
+            computed[0] += rows
+            progress.update(task, total=computed[0])
+
+        result = pipeline.run(trades, timeframes, settings, since_ms=since_ms, until_ms=until_ms,
+                              market_until=market_until, online=output.online, on_rows=add_computed,
+                              on_written=lambda n: progress.advance(task, n))
     if result.trades == 0:
         common.fail(f"nothing valid to backfill: no valid trade in the range "
                     f"({bad_rows} bad row(s), {bad_pages} bad page(s) skipped)")
-    with Progress(TextColumn("writing feature store"), BarColumn(), MofNCompleteColumn(),
-                  console=common.console, disable=not common.console.is_terminal) as progress:
-        task = progress.add_task("write", total=rows.height)
-        pipeline.write_store(rows, settings, result, online=output.online,
-                             on_written=lambda n: progress.advance(task, n))
+    rows = result.features
     seconds = time.perf_counter() - started
     t = result.times
     common.console.print(
