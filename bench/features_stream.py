@@ -331,20 +331,24 @@ def bench_quix_passthrough(bootstrap: str, candles, workdir: Path) -> dict:
     return result
 
 
-# Where the time goes, measured separately (not by this script) on 2026-11-25 with cProfile and per-thread
-# CPU clocks: the service's runtime in one process on the local broker, 30 markets x 1,000 candles,
-# steady state (the first batch excluded).
+# Where the time goes, measured separately (not by this script) on 2026-11-25 with cProfile of the
+# service process (compiled engine, batched runtime, exactly-once, 30 markets x 2,000 candles).
 PROFILE_NOTES = """\
-Where the time goes (the batched runtime, exactly-once, 30 markets, steady state; cProfile shares of the
-main thread, and per-thread CPU clocks without the profiler): indicator maths (FeatureEngine.update) 64%;
-the rest of FeaturesProcessor.final 23% (candle decode + validation 8%, Features row encoding 4%, state
-reads/writes, cache check, metrics); the runtime's own loop, one produce() per row and the state records
-8%; consume() 4%; transaction commits 1%. Per candle that is ~80 us in FeaturesProcessor.final, ~5 us
-in produce() and ~6 us in the rest of the loop on the main thread, plus librdkafka's threads, on a
-machine shared with other work (the runtime with a no-maths processor: figures above).
+Where the time goes (cProfile of the service's main thread, compiled engine, exactly-once; the profiler
+inflates interpreted code against compiled code, so these shares lean towards the Python parts):
+FeatureEngine.update ~24% of the processing loop; the rest of FeaturesProcessor.final ~56% (candle decode
+and validation, the Features row encoding, state and cache bookkeeping, metrics); produce() ~9%; consume()
+~8%; transaction commits and offsets ~5%. Without the profiler the per-candle CPU figures above say the
+same: engine ~13 us, the processor's own work ~12 us, the Kafka side ~23 us (the loop, librdkafka's
+threads, the 1.3 kB row per candle).
 
-What changed from the Quix Streams service (its figures: baseline above, or the previous
-bench/results/features_stream.md): no per-message Quix work (message contexts, a state transaction per
+Why the median misses 20k although single runs reach it: on this 2-core machine the broker (Java), the
+service and the reader of `features` share the two cores, so the service gets what the broker leaves
+and its runs vary (see the exactly-once runs above). The service process itself needs ~45-55 us CPU
+per candle, i.e. about 20k candles/s of one core.
+
+What changed from the Quix Streams service (its figures: the previous version above): the engine is
+compiled with mypyc (setup.py; bit-identical to its Python sources); no per-message Quix work (message contexts, a state transaction per
 message, routing through topic objects, offset tracking: ~45% of that service's time); the engine state
 (~400 numbers) is no longer snapshotted and encoded after every candle but once per key per batch (the
 processor keeps the engine object in the key's state and the runtime snapshots it when it writes the
@@ -484,6 +488,9 @@ def summary(figures: dict, before: dict | None) -> str:
     if before:
         text.append(f"The previous version ({before['source']}), measured in the same session, runs "
                     f"interleaved with these: {_describe(before)}.")
+    text.append("Runs of the service (candles/s): exactly-once "
+                f"{', '.join(f'{r:,}' for r in eos['runs_candles_per_s'])}; at-least-once "
+                f"{', '.join(f'{r:,}' for r in figures['service_at_least_once']['runs_candles_per_s'])}.")
     text.append(f"Machine shared with other work while measured (1-minute load {figures['load_avg_1m_at_start']:.1f} "
                 f"at start, {figures['load_avg_1m_at_end']:.1f} at end): the rates say how much CPU the service "
                 "got, the CPU time per candle (whole service process, from /proc) how much work a candle costs.")
