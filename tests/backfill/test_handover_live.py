@@ -22,12 +22,8 @@ whole candle history.
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import msgspec
 import polars as pl
@@ -47,6 +43,7 @@ from tests.backfill.parity import stored_rows
 from tests.exchanges.e2e import frame, start_ingest, stop_ingest
 from tests.exchanges.fakeserver import FakeExchange
 from tests.fixtures.kafka import consume_all
+from tests.fixtures.processes import start_service, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -78,22 +75,6 @@ def ws_script(live: list[FakeTrade]) -> list[tuple]:
                      "data": [ws_entry(t) for t in chunk]}) for i, chunk in enumerate(chunks)]
     frames.insert(3, frames[2])  # a re-sent frame: its trades must reach `trades` once
     return [("recv", "subscribe"), ("send", ACK), ("send_many", frames), ("hold",)]
-
-
-def start_service(name: str, config_file: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CANDLEFLOW_")}
-    return subprocess.Popen([sys.executable, "-m", "candleflow", "--config", str(config_file), name],
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def history_frame(history: list[FakeTrade]) -> pl.DataFrame:
@@ -166,7 +147,7 @@ def test_backfill_then_live_ingest_hands_over_without_gap_or_duplicate(settings_
         finally:
             code, stderr = stop_ingest(ingest)
             for process in processes:
-                stop(process)
+                stop_process(process)
     assert code == 0, stderr
     service_logs = "\n".join((logs / f).read_text() for f in ("candles.log", "features.log"))
 

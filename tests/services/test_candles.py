@@ -25,12 +25,13 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from candleflow.config import KafkaConfig, Settings, timeframe_ms
+from candleflow.config import KafkaConfig, Settings
 from candleflow.dlq import decode_dead_letter
 from candleflow.records import Candle, Trade, decode_candle, encode
 from candleflow.services.candles import TICK_HEADER, TICK_KEY, CandlesProcessor, is_tick, tick_value
 from tests.core.test_candles import reference
 from tests.fixtures.kafka import consume_all
+from tests.fixtures.processes import start_service, stop_process
 
 MINUTE = 60_000
 T0 = 1_700_000_000_000 // 3_600_000 * 3_600_000  # an hour boundary, November 2023
@@ -138,24 +139,6 @@ def read_candles(kafka: KafkaConfig, topic: str, expected: int, timeout_s: float
     return dict(got)
 
 
-def start_service(config_file: Path, log: Path, data_dir: Path | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CANDLEFLOW_")}
-    if data_dir is not None:
-        env["CANDLEFLOW_DATA_DIR"] = str(data_dir)
-    return subprocess.Popen([sys.executable, "-m", "candleflow", "--config", str(config_file), "candles"],
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def service_settings(settings_factory, partitions: int, timeframes: list[str], **candles: Any) -> Settings:
     return settings_factory(partitions=partitions, candles={
         "timeframes": timeframes, "grace_ms": 2_000, "ticks": False,
@@ -261,13 +244,13 @@ def test_service_candles_per_key_with_gap_fills_ticks_late_and_malformed(setting
     log1 = [trade_msg(t) for t in lonely] + [tick_msg(ms) for ms in range(T0 + 3 * MINUTE, final_tick + 1, 30_000)]
     logs = {0: log0, 1: log1}
 
-    proc = start_service(tmp_path / "candleflow.yaml", tmp_path / "service.log")
+    proc = start_service("candles", tmp_path / "candleflow.yaml", tmp_path / "service.log")
     try:
         produce_logs(kafka_config, settings.topics.trades.name, logs)
         expected, letters = uninterrupted(settings, logs)
         got = read_candles(kafka_config, settings.topics.candles.name, total(expected))
     finally:
-        stop(proc)
+        stop_process(proc)
     tail = (tmp_path / "service.log").read_text(errors="replace")[-3000:]
     assert got == expected, tail
 
@@ -318,7 +301,7 @@ def test_sigkilled_service_equals_uninterrupted_run(settings_factory, kafka_conf
     try:
         for n in range(chunks):
             before = committed(kafka_config, group, trades_topic, 2)
-            proc = start_service(tmp_path / "candleflow.yaml", service_log)
+            proc = start_service("candles", tmp_path / "candleflow.yaml", service_log)
             produce_logs(kafka_config, trades_topic, {p: pieces[p][n] for p in logs})
             # Kill while it works: once it has committed progress, at a random moment soon after.
             wait_until(lambda: committed(kafka_config, group, trades_topic, 2) > before, proc, service_log)
@@ -326,10 +309,10 @@ def test_sigkilled_service_equals_uninterrupted_run(settings_factory, kafka_conf
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
             killed_at.append(committed(kafka_config, group, trades_topic, 2))
-        proc = start_service(tmp_path / "candleflow.yaml", service_log)
+        proc = start_service("candles", tmp_path / "candleflow.yaml", service_log)
         got = read_candles(kafka_config, settings.topics.candles.name, total(expected), timeout_s=180)
     finally:
-        stop(proc)
+        stop_process(proc)
     tail = service_log.read_text(errors="replace")[-3000:]
     assert len(killed_at) == chunks and killed_at == sorted(killed_at)
     assert total(got) == total(expected), f"{total(got)} candles for {total(expected)} expected; log tail:\n{tail}"
@@ -366,7 +349,7 @@ def test_two_processes_in_one_group_produce_what_one_produces(settings_factory, 
     streams = [market_trades(e, s, T0, end, rng, mean_gap_ms=3_000, idle_every=100) for e, s in markets]
     logs = {p: with_ticks(interleave(streams[p::4]), 20_000, end + 5 * MINUTE) for p in range(4)}
     expected, _ = uninterrupted(settings, logs)
-    procs = [start_service(tmp_path / "candleflow.yaml", tmp_path / f"service{i}.log", tmp_path / f"data{i}")
+    procs = [start_service("candles", tmp_path / "candleflow.yaml", tmp_path / f"service{i}.log", tmp_path / f"data{i}")
              for i in range(2)]
     try:
         members = wait_for_members(kafka_config, settings.candles.consumer_group, settings.topics.trades.name, 2)
@@ -375,7 +358,7 @@ def test_two_processes_in_one_group_produce_what_one_produces(settings_factory, 
         assert all(p.poll() is None for p in procs)
     finally:
         for p in procs:
-            stop(p)
+            stop_process(p)
     assert sorted(len(m) for m in members) == [2, 2]  # each process had half of the partitions
     assert got == expected
 
@@ -432,12 +415,12 @@ def test_streaming_equals_compute_candles_float_for_float(settings_factory, kafk
 
     expected, letters = uninterrupted(settings, logs)
     assert letters == []
-    proc = start_service(tmp_path / "candleflow.yaml", tmp_path / "service.log")
+    proc = start_service("candles", tmp_path / "candleflow.yaml", tmp_path / "service.log")
     try:
         produce_logs(kafka_config, settings.topics.trades.name, logs)
         streamed = read_candles(kafka_config, settings.topics.candles.name, total(expected))
     finally:
-        stop(proc)
+        stop_process(proc)
     assert streamed == expected, (tmp_path / "service.log").read_text(errors="replace")[-3000:]
 
     assert set(streamed) == set(from_batch) and len(from_batch) == len(markets) * len(timeframes)

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -29,6 +25,7 @@ from candleflow.records import Candle, decode_features, encode
 from candleflow.services.features import FeaturesProcessor, compute_features_table, decode_state, encode_state
 from tests.core.test_indicators import make_candles
 from tests.fixtures.kafka import consume_all, produce
+from tests.fixtures.processes import start_service, stop_process
 
 TF_MS = 60_000
 START = 1_700_000_040_000 // TF_MS * TF_MS
@@ -55,12 +52,6 @@ class DictState:
         self.data[key] = decode_state(encode_state(value))  # what the Quix store keeps
 
 
-def start_service(config_file: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CANDLEFLOW_")}
-    return subprocess.Popen([sys.executable, "-m", "candleflow", "--config", str(config_file), "features"],
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
-
-
 @pytest.mark.slow
 def test_sigkilled_service_equals_uninterrupted_run_and_batch(settings_factory, kafka_config, tmp_path):
     settings = settings_factory(partitions=2, features={"partial_updates": False})
@@ -80,23 +71,18 @@ def test_sigkilled_service_equals_uninterrupted_run_and_batch(settings_factory, 
             messages = [(stream[i].key, encode(stream[i])) for i in chunk]
             if n == 2:
                 messages[len(messages) // 2:len(messages) // 2] = bad
-            proc = start_service(tmp_path / "candleflow.yaml", log)
+            proc = start_service("features", tmp_path / "candleflow.yaml", log)
             produce(kafka_config, settings.topics.candles.name, messages)
             time.sleep(rng.uniform(4.0, 7.0))  # start-up, recovery and part of the chunk
             assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
-        proc = start_service(tmp_path / "candleflow.yaml", log)
+        proc = start_service("features", tmp_path / "candleflow.yaml", log)
         rows = consume_all(kafka_config, settings.topics.features.name, expected=len(stream), timeout_s=120)
         time.sleep(3)  # anything beyond the expected count would be a duplicate
         rows += consume_all(kafka_config, settings.topics.features.name, idle_s=2)[len(rows):]
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
     assert proc.returncode is not None
     tail = log.read_text(errors="replace")[-3000:]
     assert len(rows) == len(stream), f"{len(rows)} rows for {len(stream)} candles; log tail:\n{tail}"
@@ -196,7 +182,7 @@ def test_live_view_from_candles_partial(settings_factory, kafka_config, topic_fa
     settings = settings_factory(partitions=2, topics={"features_partial": {"name": partial_topic, "partitions": 2}})
     candles = key_candles("kraken", "BTC/USD", 61, 21)
     finals, still_open = candles[:60], candles[60]
-    proc = start_service(tmp_path / "candleflow.yaml", tmp_path / "service.log")
+    proc = start_service("features", tmp_path / "candleflow.yaml", tmp_path / "service.log")
     try:
         produce(kafka_config, settings.topics.candles.name, [(c.key, encode(c)) for c in finals])
         rows = consume_all(kafka_config, settings.topics.features.name, expected=len(finals), timeout_s=90)
@@ -204,11 +190,7 @@ def test_live_view_from_candles_partial(settings_factory, kafka_config, topic_fa
         produce(kafka_config, settings.topics.candles_partial.name, [(still_open.key, encode(still_open))])
         live = consume_all(kafka_config, partial_topic, expected=1, timeout_s=60)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
     assert len(live) == 1
     row = decode_features(live[0].value())
     assert row.pop("provisional") is True

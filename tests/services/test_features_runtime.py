@@ -22,8 +22,9 @@ from candleflow.services.batch_runtime import (FeaturesRuntime, KeyState, ensure
                                                state_topic_name)
 from candleflow.services.features import FeaturesProcessor, decode_state, encode_state, snapshot
 from tests.fixtures.kafka import commit_offsets, consume_all, end_offsets, produce
-from tests.services.test_candles import stop, wait_for_members
-from tests.services.test_features import DictState, key_candles, start_service
+from tests.fixtures.processes import start_service, stop_process
+from tests.services.test_candles import wait_for_members
+from tests.services.test_features import DictState, key_candles
 
 
 def runtime_settings(settings_factory, partitions: int, **features) -> Settings:
@@ -113,25 +114,25 @@ def test_replicas_joining_and_leaving_continue_from_the_state_topic(settings_fac
     config, logs = tmp_path / "candleflow.yaml", [tmp_path / "first.log", tmp_path / "second.log"]
     first = second = None
     try:
-        first = start_service(config, logs[0])
+        first = start_service("features", config, logs[0])
         produce(kafka_config, candles_topic, [(c.key, encode(c)) for c in parts[0]])
         read_rows(kafka_config, features_topic, len(parts[0]), logs[0])
 
-        second = start_service(config, logs[1])  # scale out: half of the partitions move to it
+        second = start_service("features", config, logs[1])  # scale out: half of the partitions move to it
         members = wait_for_members(kafka_config, group, candles_topic, 2)
         assert sorted(len(m) for m in members) == [2, 2]
         produce(kafka_config, candles_topic, [(c.key, encode(c)) for c in parts[1]])
         read_rows(kafka_config, features_topic, len(parts[0]) + len(parts[1]), logs[1])
 
-        stop(first)  # scale in: the second process takes every partition back from the state topic
+        stop_process(first)  # scale in: the second process takes every partition back from the state topic
         assert first.returncode == 0, logs[0].read_text(errors="replace")[-3000:]
         wait_for_members(kafka_config, group, candles_topic, 1)
         produce(kafka_config, candles_topic, [(c.key, encode(c)) for c in parts[2]])
         got = read_rows(kafka_config, features_topic, len(stream), logs[1])
         assert second.poll() is None
     finally:
-        stop(first)
-        stop(second)
+        stop_process(first)
+        stop_process(second)
     assert got == expected_rows(settings, stream)  # bit for bit, none lost, none twice
     assert consume_all(kafka_config, settings.topics.dlq.name, idle_s=1) == []
     assert "partition state loaded" in logs[1].read_text()
@@ -146,12 +147,12 @@ def test_at_least_once_commits_after_the_outputs_and_restarts_where_it_stopped(s
     half = len(stream) // 2
     candles_topic, features_topic = settings.topics.candles.name, settings.topics.features.name
     log = tmp_path / "service.log"
-    proc = start_service(tmp_path / "candleflow.yaml", log)
+    proc = start_service("features", tmp_path / "candleflow.yaml", log)
     try:
         produce(kafka_config, candles_topic, [(c.key, encode(c)) for c in stream[:half]])
         read_rows(kafka_config, features_topic, half, log)
     finally:
-        stop(proc)
+        stop_process(proc)
     assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
     # Stopped cleanly: every consumed candle is committed, its row and its state written.
     assert committed_offsets(kafka_config, settings.features.consumer_group, candles_topic, 2) == \
@@ -159,12 +160,12 @@ def test_at_least_once_commits_after_the_outputs_and_restarts_where_it_stopped(s
     states = read_states(settings, state_topic_name(settings), [0, 1])
     assert sorted(key for keys in states.values() for key in keys) == sorted(c.key for c in (s[0] for s in series))
 
-    proc = start_service(tmp_path / "candleflow.yaml", log)
+    proc = start_service("features", tmp_path / "candleflow.yaml", log)
     try:
         produce(kafka_config, candles_topic, [(c.key, encode(c)) for c in stream[half:]])
         got = read_rows(kafka_config, features_topic, len(stream), log)
     finally:
-        stop(proc)
+        stop_process(proc)
     assert got == expected_rows(settings, stream)
     assert consume_all(kafka_config, settings.topics.dlq.name, idle_s=1) == []
 
