@@ -49,7 +49,7 @@ class DictState:
         return self.data.get(key, default)
 
     def set(self, key, value):
-        self.data[key] = decode_state(encode_state(value))  # what the Quix store keeps
+        self.data[key] = decode_state(encode_state(value))  # what the state topic keeps, read back
 
 
 @pytest.mark.slow
@@ -94,7 +94,7 @@ def test_sigkilled_service_equals_uninterrupted_run_and_batch(settings_factory, 
         got.setdefault(msg.key().decode(), []).append(row)
 
     # An uninterrupted run of the same processing, in this process.
-    processor, states = FeaturesProcessor(settings), {}  # Quix state is per message key
+    processor, states = FeaturesProcessor(settings), {}  # state is per message key
     expected: dict[str, list[dict]] = {}
     for candle in stream:
         [(dest, value)] = processor.final(encode(candle), candle.key, states.setdefault(candle.key, DictState()))

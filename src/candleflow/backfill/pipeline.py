@@ -24,7 +24,7 @@ cannot be told apart and are all kept (``ComputeResult.without_id`` counts them)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,8 +157,7 @@ def compute(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, 
     """Trades -> Features rows (candle fields + every configured output), ordered by key then start."""
     result = ComputeResult()
     frames = list(_rows_per_timeframe(trades, timeframes, settings, result, since_ms, until_ms, market_until))
-    rows = _by_key(frames)
-    result.keys = rows.select("exchange", "symbol", "timeframe").n_unique() if rows.height else 0
+    rows = _by_key(frames, result)
     return rows, result
 
 
@@ -191,12 +190,14 @@ def _rows_per_timeframe(trades: pl.DataFrame, timeframes: list[str], settings: S
         yield rows
 
 
-def _by_key(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """Per-timeframe rows as one frame ordered by candle key (``exchange:symbol:timeframe``) then start."""
-    if len(frames) == 1:
-        return frames[0]
-    rows = pl.concat(frames, rechunk=True) if frames else pl.DataFrame()
-    if not rows.height:
+def _by_key(frames: list[pl.DataFrame], result: ComputeResult) -> pl.DataFrame:
+    """Per-timeframe rows as one frame ordered by candle key (``exchange:symbol:timeframe``) then start;
+    the number of keys counted into ``result``."""
+    if not frames:
+        return pl.DataFrame()
+    rows = pl.concat(frames, rechunk=True)
+    result.keys = rows.select("exchange", "symbol", "timeframe").n_unique() if rows.height else 0
+    if len(frames) == 1:  # one timeframe: already in key order
         return rows
     key = pl.concat_str(["exchange", "symbol", "timeframe"], separator=":")
     return rows.sort(key, "start_ms", maintain_order=True)
@@ -254,29 +255,6 @@ def latest_per_key(rows: pl.DataFrame) -> list[dict[str, Any]]:
             .select(rows.columns).to_dicts())
 
 
-def write_store(rows: pl.DataFrame, settings: Settings, result: ComputeResult, *, online: bool = True,
-                on_written: Callable[[int], None] | None = None) -> None:
-    """Append every row to the offline dataset, then the newest row per key online (the sink's store code)."""
-    started = time.perf_counter()
-    written = _offline_dataset(settings).append_frame(rows, _offline_columns(settings), on_written)
-    result.offline_files += len(written)
-    result.times.offline_s = time.perf_counter() - started
-    if online:
-        _write_online(rows, settings, result)
-
-
-def _offline_dataset(settings: Settings) -> Any:
-    from candleflow.store.offline import OfflineDataset
-
-    return OfflineDataset(settings.store.offline_dir)
-
-
-def _offline_columns(settings: Settings) -> dict[str, Sequence[str]]:
-    from candleflow.store import repo
-
-    return {tf: list(s.feature_columns) for tf, s in repo.view_schemas(settings).items()}
-
-
 def _write_online(rows: pl.DataFrame, settings: Settings, result: ComputeResult) -> None:
     if not rows.height:
         return
@@ -297,7 +275,8 @@ def run(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, sinc
         until_ms: int | None = None, market_until: dict[tuple[str, str], int] | None = None, online: bool = True,
         on_written: Callable[[int], None] | None = None,
         on_rows: Callable[[int], None] | None = None) -> ComputeResult:
-    """compute() and write_store(), overlapped: durable in the offline dataset (and online) when it returns.
+    """compute(), then every row into the offline dataset and the newest row of each key online (the
+    sink's store code), the writes overlapped with the computation; durable when it returns.
 
     Each timeframe's rows go to the offline dataset on a writer thread while
     the next timeframe is computed: Parquet encoding and fsync release the GIL,
@@ -308,8 +287,12 @@ def run(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, sinc
     computed are still written (appends are idempotent for readers: the
     newest copy of a row wins), and the error propagates.
     """
+    from candleflow.store import repo
+    from candleflow.store.offline import OfflineDataset
+
     result = ComputeResult()
-    dataset, columns = _offline_dataset(settings), _offline_columns(settings)
+    dataset = OfflineDataset(settings.store.offline_dir)
+    columns = {tf: list(schema.feature_columns) for tf, schema in repo.view_schemas(settings).items()}
     frames: list[pl.DataFrame] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-offline") as writer:
         pending = []
@@ -323,8 +306,7 @@ def run(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, sinc
         for written in pending:
             result.offline_files += len(written.result())
         result.times.offline_s = time.perf_counter() - started  # the part of the writes not hidden
-    rows = _by_key(frames)
-    result.keys = rows.select("exchange", "symbol", "timeframe").n_unique() if rows.height else 0
+    rows = _by_key(frames, result)
     if online:
         _write_online(rows, settings, result)
     result.features = rows
