@@ -21,8 +21,9 @@ import pytest
 
 from candleflow.core.features import FeatureEngine, indicators_for
 from candleflow.dlq import decode_dead_letter
-from candleflow.records import Candle, decode_features, encode
-from candleflow.services.features import FeaturesProcessor, compute_features_table, decode_state, encode_state
+from candleflow.records import Candle, decode_features, encode, to_dict
+from candleflow.services.features import (FeaturesProcessor, RowEncoder, compute_features_table, decode_state,
+                                         encode_state)
 from tests.core.test_indicators import make_candles
 from tests.fixtures.kafka import consume_all, produce
 from tests.fixtures.processes import start_service, stop_process
@@ -140,6 +141,26 @@ def test_processor_dead_letters_bad_input_and_keeps_going(settings_factory):
         assert (dest, letter.reason, letter.service) == ("dlq", reason, "features")
     [(dest, _)] = processor.final(encode(candles[1]), candles[1].key, state)
     assert dest == "features"
+
+
+def test_rows_are_the_candle_then_the_features_in_layout_order(settings_factory):
+    """The encoded row is byte for byte the merged dict's JSON: warm-up nulls, gap fills, every column."""
+    settings = settings_factory(partitions=1)
+    config = settings.features
+    engine = FeatureEngine(indicators_for(config, "1m"), config.candle_features)
+    encoder = RowEncoder(engine.columns)
+    nulls = []
+    for candle in key_candles("kraken", "BTC/USD", 120, 12):
+        values = engine.update(candle)
+        assert encoder(candle, values) == encode({**to_dict(candle), **values})
+        nulls.append(sum(v is None for v in values.values()))
+    assert nulls[0] > 0 and nulls[-1] < nulls[0]  # warm-up rows and filled rows were both encoded
+    # A layout with a column named like a candle field: the feature value wins, as in the merged dict.
+    clashing = RowEncoder(["close", "rsi_14"])
+    candle = key_candles("kraken", "BTC/USD", 1, 13)[0]
+    raw = clashing(candle, {"close": None, "rsi_14": 50.5})
+    assert raw == encode({**to_dict(candle), "close": None, "rsi_14": 50.5})
+    assert json.loads(raw)["close"] is None
 
 
 def test_partial_rows_are_provisional_and_leave_the_state_alone(settings_factory):

@@ -68,6 +68,7 @@ service under its own group and topics, never shares it). It is created with
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
 import uuid
@@ -94,6 +95,16 @@ BATCH_WAIT_S = 0.1
 # (features, state) until the broker aborts it; a batch takes well under a second.
 TRANSACTION_TIMEOUT_MS = 10_000
 SESSION_TIMEOUT_MS = 10_000
+# Every batch ends with a commit (or a flush under at-least-once), which sends what is queued at
+# once whatever the linger: a long linger costs no latency here, and within a batch it lets the
+# producer send full 1 MB batches instead of a request per partition every few ms (~10% less CPU
+# per candle for the service, measured, and less work for the broker).
+LINGER_MS = 100
+# The loop's garbage is acyclic (messages, rows, tuples): reference counting frees it. Python's
+# cyclic collector, left automatic, would still scan the young objects every few hundred
+# allocations and, every few batches, everything that survived a batch (~5% of the CPU per
+# candle, measured). It runs here once per interval instead, between batches.
+GC_INTERVAL_S = 30.0
 
 # The state topic is read from the beginning whenever a partition is assigned: small segments,
 # rolled at least every 10 minutes, so the log cleaner keeps it close to one record per key.
@@ -169,7 +180,7 @@ class FeaturesRuntime:
             "partition.assignment.strategy": "range",
             "session.timeout.ms": SESSION_TIMEOUT_MS,
         })
-        producer_config = {**client, "linger.ms": 5, "batch.size": 1_000_000,
+        producer_config = {**client, "linger.ms": LINGER_MS, "batch.size": 1_000_000,
                            "queue.buffering.max.messages": 1_000_000, "delivery.report.only.error": True,
                            "enable.idempotence": True, "on_delivery": self._on_delivery_error}
         if self.exactly_once:
@@ -206,16 +217,30 @@ class FeaturesRuntime:
     # -- the loop -------------------------------------------------------------------
 
     def run(self) -> None:
-        """Consume, process and commit batch after batch until :meth:`stop`."""
+        """Consume, process and commit batch after batch until :meth:`stop`.
+
+        Meant to own its process: while it runs, Python's cyclic garbage collector
+        runs only between batches, every ``GC_INTERVAL_S``."""
         topics = [self.candles_topic] + ([self.partial_topic] if self.partial_topic else [])
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
+        # What start-up made (modules, configuration, clients) lives as long as the process:
+        # frozen, the periodic collections below never scan it.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        next_collection = time.monotonic() + GC_INTERVAL_S
         try:
             while not self.stopping:
                 messages = self.consumer.consume(MAX_BATCH, BATCH_WAIT_S)
                 if messages:
                     self._commit_batch(messages)
+                    self.processor.sync_metrics()
+                if time.monotonic() >= next_collection:
+                    gc.collect()
+                    next_collection = time.monotonic() + GC_INTERVAL_S
         finally:
+            gc.enable()
             self.close()
 
     def stop(self) -> None:
@@ -260,7 +285,7 @@ class FeaturesRuntime:
 
         Returns the offsets to commit (the next offset of every partition in the batch)."""
         final, partial = self.processor.final, self.processor.partial
-        produce, routes = self._produce, self.routes
+        produce, routes = self.producer.produce, self.routes
         candles_topic, states = self.candles_topic, self.states
         touched: dict[tuple[int, str], KeyState] = {}
         next_offsets: dict[tuple[str, int], int] = {}
@@ -280,11 +305,14 @@ class FeaturesRuntime:
             else:
                 out = partial(msg.value(), key)
             for destination, value in out:
-                produce(routes[destination], value, raw_key)
+                try:
+                    produce(routes[destination], value, raw_key)
+                except BufferError:  # the local queue is full (see _produce)
+                    self._produce(routes[destination], value, raw_key)
             next_offsets[topic, partition] = msg.offset() + 1
         for (partition, key), state in touched.items():
             if state:
-                produce(self.state_topic, encode_state(snapshot(state)), key.encode(), partition)
+                self._produce(self.state_topic, encode_state(snapshot(state)), key.encode(), partition)
             else:  # a key that only brought undecodable candles: nothing to keep
                 del states[partition][key]
         return [TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()]
