@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 # The compiled features engine (setup.py: mypyc) is built in place by the editable install, and
 # rebuilt whenever its sources change, so a stale build never shadows an edited source file.
-CORE_SOURCES := setup.py src/candleflow/core/indicators.py src/candleflow/core/steps.py
+CORE_SOURCES := setup.py src/candleflow/core/indicators.py src/candleflow/core/steps.py \
+                src/candleflow/exchanges/fastpath.py
 CORE_STAMP   := $(VENV)/.core-built
 
 $(CORE_STAMP): $(CORE_SOURCES) | $(STAMP)
@@ -54,4 +55,4 @@ bench: install
 clean:
 	-$(BIN)/candleflow kafka stop
 	rm -rf $(VENV) .candleflow .pytest_cache build .mypy_cache
-	rm -f src/candleflow_core__mypyc.*.so src/candleflow/core/*.so
+	rm -f src/candleflow_core__mypyc.*.so src/candleflow/core/*.so src/candleflow/exchanges/*.so

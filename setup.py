@@ -24,10 +24,12 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED_MODULES = ["src/candleflow/core/indicators.py", "src/candleflow/core/steps.py"]
+COMPILED_MODULES = ["src/candleflow/core/indicators.py", "src/candleflow/core/steps.py",
+                    "src/candleflow/exchanges/fastpath.py"]  # the ingest hot path
 # What an in-place build leaves in src/: an extension per module and their shared library.
 INPLACE_BUILDS = ["src/candleflow/core/indicators.*.so", "src/candleflow/core/steps.*.so",
                   "src/candleflow/core/indicators.*.pyd", "src/candleflow/core/steps.*.pyd",
+                  "src/candleflow/exchanges/fastpath.*.so", "src/candleflow/exchanges/fastpath.*.pyd",
                   "src/candleflow_core__mypyc.*.so", "src/candleflow_core__mypyc.*.pyd"]
 
 

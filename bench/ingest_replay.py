@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, private_broker, write_results  # noqa: E402
 
 from candleflow.config import load_config  # noqa: E402
+from candleflow.exchanges.fastpath import COMPILED  # noqa: E402
 from candleflow.exchanges.simulate import SimulatedMarket  # noqa: E402
 from candleflow.records import encode  # noqa: E402
 
@@ -194,9 +195,11 @@ def main() -> None:
     if baseline_path.exists():
         figures["foundation_baseline_produce_msgs_per_s"] = \
             json.loads(baseline_path.read_text())["figures"].get("produce_msgs_per_s")
+    figures["compiled_hot_path"] = COMPILED  # exchanges/fastpath.py built with mypyc (setup.py), or pure Python
     verdict = "met" if ratio >= 0.5 else "NOT met"
     write_results("ingest_replay", figures,
-                  f"Ingest replay (parse + validate + dedup + encode + idempotent produce, one process): "
+                  f"Ingest replay (parse + validate + dedup + encode + idempotent produce, one process, "
+                  f"{'compiled hot path' if COMPILED else 'pure Python: no compiled hot path'}): "
                   f"median {rate:,} trades/s over {args.trades:,} trades in {len(frames):,} frames = "
                   f"{ratio:.0%} of the raw produce ceiling measured in the same run "
                   f"(median {ceiling:,} msgs/s; median of {args.repeat} ceiling/ingest pairs); "

@@ -78,6 +78,10 @@ class ExchangeModule(Protocol):
 
     def parse_frame(self, raw: bytes | str, recv_ms: int) -> ParseResult: ...
 
+    # Optional (Kraken, Binance): ``fast_trades(raw: bytes, recv_ms) -> list[Trade] | None``, the
+    # trades of the venue's usual trade frame, or None when parse_frame must look at the frame.
+    # Ingest's replay tries it first (exchanges/fastpath.py, compiled).
+
     def canonical_symbol(self, venue_symbol: str) -> str: ...
 
     def venue_symbol(self, canonical: str) -> str: ...

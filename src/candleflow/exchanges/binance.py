@@ -26,7 +26,8 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
-from candleflow.exchanges.fields import FieldError, NUMBER_TEXT, decode_entry, known_symbol, positive_float, trade_id_text
+from candleflow.exchanges.fastpath import BinanceTrades
+from candleflow.exchanges.fields import FieldError, decode_entry, known_symbol, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_ms
 from candleflow.records import Trade
 
@@ -67,7 +68,6 @@ class _Envelope(msgspec.Struct):
 
 _envelope = msgspec.json.Decoder(_Envelope)
 _trade = msgspec.json.Decoder(_Trade)
-_is_number = NUMBER_TEXT.match  # decimal text that float() reads the way the exchange means it
 
 
 @functools.lru_cache(maxsize=4096)
@@ -114,31 +114,20 @@ def _to_trade(event: bytes, recv_ms: int) -> Trade:
         side="sell" if wire.m else "buy", ts_ms=ts_ms, recv_ms=recv_ms)
 
 
-def _parse_trade_event(data: bytes, recv_ms: int) -> Trade | None:
-    """The raw endpoint's usual frame in one decode, or None when anything in it is unusual.
-
-    Anything unusual (a bad field, a string time, a symbol that does not map) goes to the
-    general path in :func:`parse_frame`, which says what is wrong, so both paths give the
-    same result for any frame. The Trade is validated once, by its own constructor.
-    """
-    try:
-        wire = _trade.decode(data)
-        price, qty, trade_id, ts_ms = wire.p, wire.q, wire.t, wire.T
-        if type(ts_ms) is not int or not (_is_number(price) and _is_number(qty)):
-            return None
-        return Trade(exchange=NAME, symbol=canonical_symbol(wire.s),
-                     trade_id=trade_id if type(trade_id) is str else str(trade_id),
-                     price=float(price), qty=float(qty), side="sell" if wire.m else "buy", ts_ms=ts_ms,
-                     recv_ms=recv_ms)
-    except ValueError:  # includes msgspec's DecodeError / ValidationError and SymbolError
-        return None
+# The raw endpoint's usual frame in one decode (exchanges/fastpath.py, compiled). Anything
+# unusual (a bad field, a string time, a symbol that does not map) goes to the general path
+# in parse_frame, which says what is wrong, so both paths give the same result for any frame.
+_fast = BinanceTrades(_trade.decode, NAME)
+# The trade of the raw endpoint's usual frame (bytes) in a list, or None: use parse_frame
+# (ingest's replay calls this first).
+fast_trades = _fast.trades
 
 
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
     """One websocket frame (raw or combined endpoint) -> ParseResult. Never raises."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     if data.startswith(b'{"e":"trade"'):  # the raw endpoint's usual frame: one decode, not two
-        trade = _parse_trade_event(data, recv_ms)
+        trade = _fast.trade(data, recv_ms)
         if trade is not None:
             return ParseResult(trades=[trade], control=[], errors=[])
     result = ParseResult()

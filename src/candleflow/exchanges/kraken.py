@@ -25,9 +25,10 @@ import msgspec
 
 from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
+from candleflow.exchanges.fastpath import KrakenTrades
 from candleflow.exchanges.fields import FieldError, decode_entry, known_symbol, positive_float, trade_id_text
 from candleflow.exchanges.times import epoch_seconds_text_ms, rfc3339_ms
-from candleflow.records import SIDES, Trade
+from candleflow.records import Trade
 
 if TYPE_CHECKING:
     import httpx
@@ -152,43 +153,22 @@ def _ws_trade_to_trade(entry: bytes, recv_ms: int) -> Trade:
     )
 
 
-def _parse_trade_message(data: bytes, recv_ms: int) -> ParseResult | None:
-    """The usual trade message in one decode, or None when anything in it is unusual.
-
-    Only well-formed frames whose every entry makes a valid Trade take this path; for
-    anything else the general path in :func:`parse_frame` runs from scratch and says
-    what is wrong, entry by entry, so both paths give the same result for any frame.
-    Each Trade is validated once, by its own constructor.
-    """
-    try:
-        message = _trade_message.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    if message.method is not None or message.channel != "trade" or message.data is None:
-        return None
-    trades = []
-    try:
-        for wire in message.data:
-            trade_id = wire.trade_id
-            if wire.side not in SIDES:
-                return None
-            trades.append(Trade(
-                exchange=NAME, symbol=canonical_symbol(wire.symbol),
-                trade_id=trade_id if type(trade_id) is str else str(trade_id),
-                price=wire.price, qty=wire.qty, side=wire.side,  # type: ignore[arg-type]
-                ts_ms=rfc3339_ms(wire.timestamp), recv_ms=recv_ms))
-    except ValueError:  # a bad symbol, timestamp or Trade field: the general path names it
-        return None
-    return ParseResult(trades=trades, snapshot=message.type == "snapshot")
+# The usual trade message in one decode (exchanges/fastpath.py, compiled): only well-formed
+# frames whose every entry makes a valid Trade take this path; for anything else the
+# general path in parse_frame runs from scratch and says what is wrong, entry by entry,
+# so both paths give the same result for any frame.
+_fast = KrakenTrades(_trade_message.decode, NAME)
+# The trades of the usual trade frame (bytes), or None: use parse_frame (ingest's replay calls this first).
+fast_trades = _fast.trades
 
 
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
     """One websocket frame -> trades, control notices and errors. Never raises."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     if data.startswith(_TRADE_PREFIX):
-        fast = _parse_trade_message(data, recv_ms)
+        fast = _fast.parse(data, recv_ms)
         if fast is not None:
-            return fast
+            return ParseResult(trades=fast[0], snapshot=fast[1])
     result = ParseResult()
     env = decode_envelope(_envelope, data, result)
     if env is None:

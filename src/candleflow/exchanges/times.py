@@ -11,8 +11,9 @@ part is truncated (DESIGN.md).
 from __future__ import annotations
 
 import calendar
-import functools
 import re
+
+from candleflow.exchanges.fastpath import remember_minute, utc_ms
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$",
@@ -21,24 +22,24 @@ _RFC3339 = re.compile(
 _DECIMAL = re.compile(r"^(\d+)(?:\.(\d+))?$", re.ASCII)
 
 
-@functools.lru_cache(maxsize=4096)
-def _minute_start_ms(prefix: str) -> int:
-    """Epoch ms of ``YYYY-MM-DDTHH:MM`` (cached: a feed's timestamps share few minutes)."""
-    return _parse_rfc3339(prefix + ":00Z")
-
-
 def rfc3339_ms(text: str) -> int:
     """``2023-10-06T17:35:55.440295Z`` -> ``1696613755440``. Raises ValueError."""
     # Fast path for the usual UTC form with 1 to 9 fractional digits: the minute is
-    # parsed once (cached), then seconds and the fraction's first 3 digits are added.
+    # parsed once and cached, then seconds and the fraction's first 3 digits are added.
+    millis = utc_ms(text)  # compiled (exchanges/fastpath.py); -1 unless the minute is cached already
+    if millis >= 0:
+        return millis
     if 22 <= len(text) <= 30 and text[16] == ":" and text[19] == "." and text[-1] == "Z":
         seconds = text[17:19]
         fraction = text[20:-1]
         if seconds.isascii() and seconds.isdigit() and seconds < "60" and fraction.isascii() and fraction.isdigit():
             try:
-                return _minute_start_ms(text[:16]) + int(seconds) * 1000 + int((fraction + "00")[:3])
+                minute = _parse_rfc3339(text[:16] + ":00Z")
             except ValueError:
                 pass  # the general path below names the problem with the whole text
+            else:
+                remember_minute(text[:16], minute)
+                return minute + int(seconds) * 1000 + int((fraction + "00")[:3])
     return _parse_rfc3339(text)
 
 

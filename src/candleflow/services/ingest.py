@@ -23,8 +23,8 @@ import base64
 import json
 import signal
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,9 +36,10 @@ from candleflow.config import ExchangeConfig, Settings
 from candleflow.exchanges import get_adapter
 from candleflow.exchanges.base import FrameError, ParseResult
 from candleflow.exchanges.dedup import TradeDedup
+from candleflow.exchanges.fastpath import SymbolState, TradeFlow, TradeProducer, replay_frames
 from candleflow.log import get_logger
 from candleflow.metrics import DEAD_LETTERS
-from candleflow.records import Trade, trade_key
+from candleflow.records import Trade
 
 log = get_logger("candleflow.ingest")
 
@@ -83,9 +84,11 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-DELAY_SAMPLE_MASK = 15  # the publish delay is observed for one published trade in 16
-
 _encode_trade = msgspec.json.Encoder().encode  # the bytes of records.encode(), without the extra call
+
+
+def _observe_publish_delay(seconds: float) -> None:
+    PUBLISH_DELAY.observe(seconds)
 
 
 class Publisher:
@@ -93,7 +96,9 @@ class Publisher:
 
     Kafka reports back failed deliveries only (``delivery.report.only.error``): those are
     counted, logged and kept in `failed`. What was delivered follows exactly from what
-    was produced, what failed and what the producer still holds.
+    was produced, what failed and what the producer still holds. The per-trade work
+    (key, encode, produce, count; the publish delay of one trade in 16) is
+    :class:`~candleflow.exchanges.fastpath.TradeProducer`, compiled.
     """
 
     def __init__(self, settings: Settings, producer: Any | None = None) -> None:
@@ -103,12 +108,15 @@ class Publisher:
         self.dlq_topic = settings.topics.dlq.name
         self.producer = producer if producer is not None else Producer(
             {**producer_config(settings), "on_delivery": self._failed_delivery})
-        self.produced = 0  # trades and dead letters handed to the producer
         self.failed = 0
         self._published_children: dict[bytes, Any] = {}
-        self._published_counts: dict[bytes, int] = {}
-        self._kafka_keys: dict[tuple[str, str], bytes] = {}  # (exchange, symbol) -> b"exchange:symbol"
-        self._produce_now = self.producer.produce
+        self.trades = TradeProducer(self.trades_topic, self.producer.produce, self._produce, _encode_trade,
+                                    _observe_publish_delay)
+
+    @property
+    def produced(self) -> int:
+        """Trades and dead letters handed to the producer."""
+        return self.trades.produced
 
     @property
     def delivered(self) -> int:
@@ -122,7 +130,7 @@ class Publisher:
                   error=str(err))
 
     def sync_metrics(self) -> None:
-        counts, self._published_counts = self._published_counts, {}
+        counts, self.trades.counts = self.trades.counts, {}
         for key, count in counts.items():
             child = self._published_children.get(key)
             if child is None:
@@ -140,25 +148,13 @@ class Publisher:
 
     def trade(self, trade: Trade, key: tuple[str, str] | None = None) -> None:
         """Produce one trade keyed ``exchange:symbol``; `key` is that pair, when the caller has it."""
-        key = key or (trade.exchange, trade.symbol)
-        kafka_key = self._kafka_keys.get(key)
-        if kafka_key is None:
-            kafka_key = self._kafka_keys[key] = trade_key(*key).encode()
-        value = _encode_trade(trade)
-        try:
-            self._produce_now(self.trades_topic, value, kafka_key)
-        except BufferError:
-            self._produce(self.trades_topic, kafka_key, value)
-        self.produced += 1
-        counts = self._published_counts  # into Prometheus by sync_metrics()
-        counts[kafka_key] = counts.get(kafka_key, 0) + 1
-        if not self.produced & DELAY_SAMPLE_MASK:
-            PUBLISH_DELAY.observe(max(0.0, (now_ms() - trade.ts_ms) / 1000))
+        exchange, symbol = key or (trade.exchange, trade.symbol)
+        self.trades.trade(trade, self.trades.key_of(exchange, symbol))
 
     def dead_letter(self, reason: str, raw: bytes, detail: str, source: str) -> None:
         letter = dlq.dead_letter(SERVICE, reason, raw, detail=detail, source=source)
         self._produce(self.dlq_topic, source, dlq.encode_dead_letter(letter))
-        self.produced += 1
+        self.trades.produced += 1
         DEAD_LETTERS.labels(SERVICE, reason).inc()
 
     def poll(self, timeout: float = 0) -> None:
@@ -172,36 +168,44 @@ class Publisher:
         return remaining
 
 
-@dataclass
-class _SymbolState:
-    last_ts_ms: int | None = None
-    filling: bool = False
-    held: list[Trade] = field(default_factory=list)
+def _count_recovered(exchange: str, symbol: str) -> None:
+    RECOVERED.labels(exchange, symbol).inc()
 
 
 class IngestPipeline:
-    """Parse results -> dead letters, counts, de-duplication, publication. No sockets, no clock."""
+    """Parse results -> dead letters, counts, de-duplication, publication. No sockets, no clock.
+
+    The per-trade work (counts, de-duplication, publication in order, holding live
+    trades during a gap fill) is :class:`~candleflow.exchanges.fastpath.TradeFlow`,
+    compiled; its counts go to Prometheus in sync_metrics(), not one metrics call per trade.
+    """
 
     def __init__(self, publisher: Publisher, dedup_capacity: int = 200_000) -> None:
         self.publisher = publisher
         self.dedup = TradeDedup(dedup_capacity)
-        self.state: dict[tuple[str, str], _SymbolState] = {}
-        self.received = 0
-        self.published = 0
+        self.flow = TradeFlow(publisher.trades, self.dedup, _count_recovered)
+        self.state = self.flow.states  # (exchange, symbol) -> SymbolState
         self.dead_letters = 0
         self._received_children: dict[tuple[str, str], Any] = {}
-        self._received_counts: dict[tuple[str, str], int] = {}
-        self._duplicate_counts: dict[str, int] = {}
+
+    @property
+    def received(self) -> int:
+        return self.flow.received
+
+    @property
+    def published(self) -> int:
+        return self.flow.published
 
     def sync_metrics(self) -> None:
         """Move the per-trade counts into Prometheus (cheap to call often)."""
-        counts, self._received_counts = self._received_counts, {}
-        for key, count in counts.items():
-            child = self._received_children.get(key)
-            if child is None:
-                child = self._received_children[key] = RECEIVED.labels(*key)
-            child.inc(count)
-        duplicates, self._duplicate_counts = self._duplicate_counts, {}
+        for key, state in self.state.items():
+            if state.received:
+                count, state.received = state.received, 0
+                child = self._received_children.get(key)
+                if child is None:
+                    child = self._received_children[key] = RECEIVED.labels(*key)
+                child.inc(count)
+        duplicates, self.flow.duplicate_counts = self.flow.duplicate_counts, {}
         for exchange, count in duplicates.items():
             DUPLICATES.labels(exchange).inc(count)
         self.publisher.sync_metrics()
@@ -210,12 +214,8 @@ class IngestPipeline:
         self.publisher.poll(0)
         self.sync_metrics()
 
-    def symbol_state(self, exchange: str, symbol: str) -> _SymbolState:
-        key = (exchange, symbol)
-        state = self.state.get(key)
-        if state is None:
-            state = self.state[key] = _SymbolState()
-        return state
+    def symbol_state(self, exchange: str, symbol: str) -> SymbolState:
+        return self.flow.state(exchange, symbol)
 
     def handle(self, exchange: str, result: ParseResult) -> None:
         for error in result.errors:
@@ -229,45 +229,16 @@ class IngestPipeline:
 
     def trade(self, trade: Trade, *, recovered: bool = False) -> bool:
         """One trade (simulator, REST gap fill); True when it was published."""
-        return self.accept((trade,), recovered=recovered) == 1
+        return self.flow.accept((trade,), recovered) == 1
 
     def accept(self, trades: Sequence[Trade], *, recovered: bool = False, counted: bool = False) -> int:
         """Count, de-duplicate and publish trades in order; returns how many were published.
 
-        The hot path of ingest, called once per frame: counts go to plain dicts (moved
-        into Prometheus by sync_metrics()), not to a metrics call per trade. Live trades
-        of a symbol whose gap is being filled are held back and published by end_fill(),
-        after the recovered ones, to keep the key in order. `counted`: the trades were
-        already counted as received (held trades being released).
+        Live trades of a symbol whose gap is being filled are held back and published by
+        end_fill(), after the recovered ones, to keep the key in order. `counted`: the trades
+        were already counted as received (held trades being released).
         """
-        received = self._received_counts
-        states = self.state
-        is_new = self.dedup.add
-        publish = self.publisher.trade
-        published = 0
-        for trade in trades:
-            key = (trade.exchange, trade.symbol)
-            state = states.get(key)
-            if state is None:
-                state = self.symbol_state(*key)
-            if not counted:
-                received[key] = received.get(key, 0) + 1
-            if state.filling and not recovered:
-                state.held.append(trade)
-                continue
-            if not is_new(trade):
-                self._duplicate_counts[trade.exchange] = self._duplicate_counts.get(trade.exchange, 0) + 1
-                continue
-            publish(trade, key)
-            published += 1
-            if state.last_ts_ms is None or trade.ts_ms > state.last_ts_ms:
-                state.last_ts_ms = trade.ts_ms
-            if recovered:
-                RECOVERED.labels(*key).inc()
-        if not counted:
-            self.received += len(trades)
-        self.published += published
-        return published
+        return self.flow.accept(trades, recovered, counted)
 
     def begin_fill(self, exchange: str, symbol: str) -> int | None:
         """Hold live trades of this symbol; returns the time to fill from (None: nothing seen yet)."""
@@ -284,7 +255,7 @@ class IngestPipeline:
         for trade in sorted(recovered, key=lambda t: t.ts_ms):
             new += self.trade(trade, recovered=True)
         held, state.held, state.filling = state.held, [], False
-        self.accept(held, counted=True)
+        self.flow.accept(held, False, True)
         return new
 
 
@@ -329,38 +300,53 @@ def read_recording(path: Path) -> Iterator[RecordedFrame | FrameError]:
                 yield FrameError("invalid_recording", f"{path}:{number}: {exc}", line.rstrip(b"\n"))
 
 
-def replay(pipeline: IngestPipeline, frames: Iterable[RecordedFrame | FrameError], *, speed: float | None,
-           stop: Any = None, restamp: bool = True) -> int:
-    """Publish recorded frames as if live; speed None = as fast as possible. Returns frames replayed."""
-    adapters: dict[str, Any] = {}
+def _no_fast_path(raw: bytes, recv_ms: int) -> None:
+    return None
+
+
+def _pacer(speed: float) -> Callable[[int], None]:
+    """Waits until a frame recorded at `recorded_ms` is due, replaying at `speed` times the recorded pace."""
     first_recorded: int | None = None
     started = time.monotonic()
-    count = 0
-    for item in frames:
-        if stop is not None and stop.is_set():
-            break
-        if isinstance(item, FrameError):
-            pipeline.error("replay", item)
-            continue
-        adapter = adapters.get(item.exchange)
-        if adapter is None:
-            try:
-                adapter = adapters[item.exchange] = get_adapter(item.exchange)
-            except ValueError as exc:
-                pipeline.error("replay", FrameError("unknown_exchange", str(exc), item.raw))
-                continue
-        if speed is not None:
-            if first_recorded is None:
-                first_recorded = item.recv_ms
-            due = (item.recv_ms - first_recorded) / 1000 / speed
-            delay = due - (time.monotonic() - started)
-            if delay > 0:
-                time.sleep(delay)
-        recv_ms = now_ms() if restamp else item.recv_ms
-        pipeline.handle(item.exchange, adapter.parse_frame(item.raw, recv_ms))
-        count += 1
-        if count % 1000 == 0:
-            pipeline.poll()
+
+    def pace(recorded_ms: int) -> None:
+        nonlocal first_recorded
+        if first_recorded is None:
+            first_recorded = recorded_ms
+        delay = (recorded_ms - first_recorded) / 1000 / speed - (time.monotonic() - started)
+        if delay > 0:
+            time.sleep(delay)
+
+    return pace
+
+
+def replay(pipeline: IngestPipeline, frames: Iterable[RecordedFrame | FrameError], *, speed: float | None,
+           stop: Any = None, restamp: bool = True) -> int:
+    """Publish recorded frames as if live; speed None = as fast as possible. Returns frames replayed.
+
+    The loop itself is compiled (fastpath.replay_frames); the usual trade frame of an adapter
+    with a fast path (`fast_trades`) goes from its text to Kafka without a Python call.
+    """
+    adapters: dict[str, Any] = {}
+    fast_paths: dict[str, Any] = {}  # exchange -> its adapter's fast_trades
+
+    def add_exchange(frame: RecordedFrame) -> bool:
+        try:
+            adapter = adapters[frame.exchange] = get_adapter(frame.exchange)
+        except ValueError as exc:
+            pipeline.error("replay", FrameError("unknown_exchange", str(exc), frame.raw))
+            return False
+        fast_paths[frame.exchange] = getattr(adapter, "fast_trades", _no_fast_path)
+        return True
+
+    def parse_and_handle(exchange: str, raw: bytes, recv_ms: int) -> None:
+        pipeline.handle(exchange, adapters[exchange].parse_frame(raw, recv_ms))
+
+    def dead_letter(error: FrameError) -> None:
+        pipeline.error("replay", error)
+
+    count = replay_frames(frames, pipeline.flow, fast_paths, add_exchange, parse_and_handle, dead_letter,
+                          None if speed is None else _pacer(speed), pipeline.poll, stop, restamp)
     pipeline.sync_metrics()
     return count
 
