@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,redis]"
 	@touch $@ $(CORE_STAMP)
 
-# The compiled features engine (setup.py: mypyc) is built in place by the editable install, and
-# rebuilt whenever its sources change, so a stale build never shadows an edited source file.
+# The compiled hot paths (setup.py: mypyc) are built in place by the editable install, and
+# rebuilt whenever their sources change, so a stale build never shadows an edited source file.
 CORE_SOURCES := setup.py src/candleflow/core/indicators.py src/candleflow/core/steps.py \
                 src/candleflow/exchanges/fastpath.py
 CORE_STAMP   := $(VENV)/.core-built

@@ -1,7 +1,8 @@
-"""Build step of candleflow: compiles the streaming features engine's hot path with mypyc.
+"""Build step of candleflow: compiles the hot paths of the features engine and of ingest with mypyc.
 
 Everything else about the package is in pyproject.toml. The compiled modules
-(``candleflow.core.indicators`` and ``candleflow.core.steps``) are the same
+(``candleflow.core.indicators`` and ``candleflow.core.steps``: the streaming
+features engine; ``candleflow.exchanges.fastpath``: the per-trade ingest path) are the same
 Python sources built as C extensions: same operations in the same order, so
 bit-identical results, several times faster. The ``.py`` files stay the
 source of truth; Python imports the extension when it is there and the
@@ -51,7 +52,7 @@ class OptionalBuildExt(build_ext):
             for path in self.get_outputs():
                 Path(path).unlink(missing_ok=True)
             remove_inplace_builds()
-            print(f"candleflow: compiling the features engine failed ({exc}); installing it as pure Python "
+            print(f"candleflow: compiling the hot paths failed ({exc}); installing them as pure Python "
                   "(same results, slower)", file=sys.stderr)
             self.extensions = []
 
@@ -63,7 +64,7 @@ def compiled_extensions() -> list:
     try:
         from mypyc.build import mypycify
     except ImportError:
-        print("candleflow: mypy (mypyc) is not installed; installing the features engine as pure Python",
+        print("candleflow: mypy (mypyc) is not installed; installing the hot paths as pure Python",
               file=sys.stderr)
         remove_inplace_builds()
         return []
