@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -91,6 +92,8 @@ def main() -> None:
         runs.sort(key=lambda figures: figures["end_to_end_trades_per_s"])
         figures = runs[len(runs) // 2]
         figures["runs_end_to_end_trades_per_s"] = [r["end_to_end_trades_per_s"] for r in runs]
+        figures["runs_end_to_end_cpu_s"] = [r["end_to_end_cpu_s"] for r in runs]
+        figures["runs_load_avg_1m_at_start"] = [r["load_avg_1m_at_run_start"] for r in runs]
         figures["markets"] = args.markets
         figures["file_mib"] = round(source.stat().st_size / 2**20, 1)
         if args.via_kafka_trades:
@@ -98,54 +101,72 @@ def main() -> None:
     write_results("backfill", figures, summary(figures, args.markets))
 
 
-# The same 10M-trade file with the previous version (commit 8f46dc6: stages one after the other, the
-# Parquet files written after all features were computed), on a quiet machine, 2026-11-25: wall s, CPU s.
-BEFORE = {"read": (2.24, 3.36), "dedup": (0.46, 0.58), "candles": (1.71, 2.12), "features": (0.71, 0.71),
-          "offline": (2.04, 3.05), "end_to_end": (7.15, 9.82)}
+# The same 10M-trade file with the previous version (commit 1fde9b4: markets grouped through categorical
+# codes of every row, each timeframe's files written through a Python file object while the next one was
+# computed, every market's work on the main thread), median of 3 fresh-process runs, 2026-11-25: wall s
+# (CPU s, process time over every thread, where it was measured).
+BEFORE = {"read": (1.063, 1.84), "dedup": (1.065, None), "candles": (2.224, None), "features": (0.482, None),
+          "offline": (0.835, None), "end_to_end": (6.326, 8.834), "rate": 1_580_798}
 
 
 def summary(figures: dict, markets: int) -> str:
     n = figures["trades"]
+
+    def before(stage: str) -> str:
+        wall, cpu = BEFORE[stage]
+        return f"{wall:.2f}" + (f" (CPU {cpu:.2f})" if cpu is not None else "")
+
     text = (
         f"Backfill of {n:,} trades ({markets} markets, ~{figures['days']:.0f} days each) from one Parquet "
         f"file into the offline dataset, timeframes {', '.join(figures['timeframes'])}, default indicator set: "
         f"**{figures['end_to_end_trades_per_s']:,.0f} trades/s end to end** (median of "
         f"{len(figures['runs_end_to_end_trades_per_s'])} runs, each in a fresh process: "
-        f"{', '.join(f'{rate:,}' for rate in figures['runs_end_to_end_trades_per_s'])}; "
+        f"{', '.join(f'{rate:,}' for rate in figures['runs_end_to_end_trades_per_s'])}, with 1-minute load "
+        f"averages of {', '.join(f'{load:.1f}' for load in figures['runs_load_avg_1m_at_start'])} "
+        f"at their start and {', '.join(f'{cpu:.1f}' for cpu in figures['runs_end_to_end_cpu_s'])} CPU s; "
         f"{figures['end_to_end_s']:.1f} s wall, "
         f"{figures['end_to_end_cpu_s']:.1f} s CPU: {figures['end_to_end_trades_per_cpu_s']:,.0f} trades per CPU "
         f"second), **{figures['candle_stage_trades_per_s']:,.0f} trades/s in the candle stage** for the four "
         f"timeframes ({figures['candle_stage_trades_per_cpu_s']:,.0f} per CPU second, grouping by market "
-        f"included; {figures['candles']:,} candles; {figures['candle_stage_1m_only_trades_per_s']:,.0f} "
-        f"trades/s for 1m alone), {figures['trades_per_s_after_read']:,.0f} trades/s from the frame in memory "
+        f"included, one thread; {figures['candles']:,} candles; "
+        f"{figures['candle_stage_1m_only_trades_per_s']:,.0f} trades/s for 1m alone), "
+        f"{figures['trades_per_s_after_read']:,.0f} trades/s from the frame in memory "
         f"to Parquet ({figures['offline_files']:,} files); peak memory {figures['peak_rss_mib']:,.0f} MiB. "
         f"Targets: >= 2M trades/s end to end, >= 5M trades/s for candles.\n\n"
-        f"Runs vary on this virtual machine: memory it has not touched lately costs up to ~3 ms per MiB on "
+        f"Runs vary on this virtual machine, which shares its 2 cores with other work (the 1-minute load "
+        f"average at the start is below): memory it has not touched lately costs up to ~3 ms per MiB on "
         f"first touch (host-side page faults), and a backfill allocates gigabytes; hence the median of "
-        f"fresh-process runs.\n\n"
+        f"fresh-process runs, and CPU time next to wall time.\n\n"
         f"Wall-clock seconds per stage; CPU is process time over every thread. Before: the previous version "
-        f"(commit 8f46dc6) on the same file, quiet machine. Now the Parquet files of each timeframe are written "
-        f"on a thread while the next timeframe is computed, so the write has no stage of its own: its row is "
-        f"the wait for the last files once everything is computed.\n\n"
-        f"| stage | before: wall s | before: CPU s | now: wall s |\n|---|---|---|---|\n"
-        f"| read the file (tradefiles) | {BEFORE['read'][0]:.2f} | {BEFORE['read'][1]:.2f} | "
+        f"(commit 1fde9b4, {BEFORE['rate']:,} trades/s) on the same file. The Parquet files of each timeframe "
+        f"are written on a thread while the next timeframe is computed, so the write has no stage of its own: "
+        f"its row is the wait for the last files once everything is computed.\n\n"
+        f"| stage | before: wall s | now: wall s |\n|---|---|---|\n"
+        f"| read the file (tradefiles) | {before('read')} | "
         f"{figures['read_s']:.2f} (CPU {figures['read_cpu_s']:.2f}) |\n"
-        f"| de-duplicate (+ group by market, shared with candles) | {BEFORE['dedup'][0]:.2f} | "
-        f"{BEFORE['dedup'][1]:.2f} | {figures['dedup_s']:.2f} |\n"
-        f"| candles, 4 timeframes | {BEFORE['candles'][0]:.2f} | {BEFORE['candles'][1]:.2f} | "
-        f"{figures['candles_s']:.2f} |\n"
-        f"| features | {BEFORE['features'][0]:.2f} | {BEFORE['features'][1]:.2f} | {figures['features_s']:.2f} |\n"
-        f"| Parquet write | {BEFORE['offline'][0]:.2f} | {BEFORE['offline'][1]:.2f} | "
-        f"{figures['offline_wait_s']:.2f} (wait after compute) |\n"
-        f"| **end to end** | {BEFORE['end_to_end'][0]:.2f} | {BEFORE['end_to_end'][1]:.2f} | "
+        f"| de-duplicate (+ group by market, shared with candles) | {before('dedup')} | "
+        f"{figures['dedup_s']:.2f} |\n"
+        f"| candles, 4 timeframes | {before('candles')} | {figures['candles_s']:.2f} |\n"
+        f"| features | {before('features')} | {figures['features_s']:.2f} |\n"
+        f"| Parquet write (wait after compute) | {before('offline')} | {figures['offline_wait_s']:.2f} |\n"
+        f"| compute and write, after the read | | {figures['compute_and_write_s']:.2f} "
+        f"(CPU {figures['compute_and_write_cpu_s']:.2f}) |\n"
+        f"| **end to end** | {before('end_to_end')} | "
         f"{figures['end_to_end_s']:.2f} (CPU {figures['end_to_end_cpu_s']:.2f}) |\n\n")
     text += (
-        "What changed: reading validates text columns once per distinct value (a venue, two sides) instead "
-        "of once per row, and numbers bad rows only when there are some (a new single-chunk column made "
-        "polars rechunk the whole many-row-group table); the rows of each market are found once, through "
-        "integer codes, and shared by the de-duplication and the candle stage; the offline files keep min/max "
-        "statistics only for the time columns (statistics on the ~40 feature columns doubled the cost of "
-        "writing a file); the writes overlap the computation. "
+        "What changed: the work of each market (checking its trade ids, gathering and sorting its trades, "
+        "its candles) runs on a thread per core, numpy and polars releasing the GIL for it; markets "
+        "interleaved row by row are found by one comparison pass per market seen in the first rows (a "
+        "categorical cast, one hash per row, only when a market shows up later), and each market's "
+        "columns are gathered by polars straight from the file's row groups instead of from whole-column "
+        "numpy copies (less memory touched for the first time); the files are encoded into an Arrow buffer "
+        "and written with one system call, not through a Python file object that made the encoder take the "
+        "GIL for each write; the longest timeframe is computed first, so writing starts sooner; the rows "
+        "are put in key order by copying each key's run once instead of sorting on a key string; the "
+        "reader finds the distinct sides and venues by comparing with the values of the first rows instead "
+        "of hashing every row. Unchanged: reading validates text columns once per distinct value and "
+        "numbers bad rows only when there are some; the offline files keep min/max statistics only for "
+        "the time columns (statistics on the ~40 feature columns doubled the cost of writing a file). "
         f"Reading costs {figures['read_cpu_s']:.1f} CPU s here, against "
         f"{figures['parquet_decode_only_cpu_s']:.1f} CPU s for `pl.read_parquet` of the same file alone.")
     if "via_kafka_trades" in figures:
@@ -210,6 +231,7 @@ def run(source: Path, root: Path, expected: int) -> dict:
                                                        "repo_dir": str(root / "data" / "repo")})
     timeframes = list(settings.candles.timeframes)
     rss_before = peak_rss_mib()
+    load_at_start = os.getloadavg()[0]
     stages = Stages()
     begin, begin_cpu = time.perf_counter(), time.process_time()
     loaded = stages.run("read", lambda: read_trades(source))
@@ -256,6 +278,7 @@ def run(source: Path, root: Path, expected: int) -> dict:
         "parquet_decode_only_cpu_s": round(decode_only_cpu, 3),
         "peak_rss_mib": round(peak_rss_mib()),
         "peak_rss_before_mib": round(rss_before),
+        "load_avg_1m_at_run_start": round(load_at_start, 2),
     }
     for key, value in figures.items():
         print(f"{key}: {value}")

@@ -23,6 +23,7 @@ cannot be told apart and are all kept (``ComputeResult.without_id`` counts them)
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +33,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from candleflow.config import Settings
-from candleflow.core.candles_batch import MarketRows, aggregate_markets, market_rows, sorted_markets
+from candleflow.config import Settings, timeframe_ms
+from candleflow.core.candles_batch import (MapFunction, MarketRows, aggregate_markets, market_rows,
+                                          market_values, sorted_markets)
 from candleflow.log import get_logger
+from candleflow.records import candle_key
 
 log = get_logger("candleflow.backfill.pipeline")
 
@@ -77,9 +80,10 @@ def prepare_trades(trades: pl.DataFrame, since_ms: int | None = None,
     return kept, duplicates, out_of_range
 
 
-def prepare_trades_and_markets(trades: pl.DataFrame, since_ms: int | None = None,
-                               until_ms: int | None = None) -> tuple[pl.DataFrame, int, int, MarketRows | None]:
-    """prepare_trades, plus the rows of each market of the result when they were found on the way."""
+def prepare_trades_and_markets(trades: pl.DataFrame, since_ms: int | None = None, until_ms: int | None = None, *,
+                               map_markets: MapFunction = map) -> tuple[pl.DataFrame, int, int, MarketRows | None]:
+    """prepare_trades, plus the rows of each market of the result when they were found on the way;
+    ``map_markets`` runs the work of each market (see ``candles_batch.MapFunction``)."""
     total = trades.height
     if since_ms is not None or until_ms is not None:
         inside = pl.lit(True)
@@ -91,11 +95,11 @@ def prepare_trades_and_markets(trades: pl.DataFrame, since_ms: int | None = None
     out_of_range = total - trades.height
     if "trade_id" not in trades.columns or trades.height == 0:
         return trades, 0, out_of_range, None
-    kept, markets = _first_copies(trades)
+    kept, markets = _first_copies(trades, map_markets)
     return kept, trades.height - kept.height, out_of_range, markets
 
 
-def _first_copies(trades: pl.DataFrame) -> tuple[pl.DataFrame, MarketRows | None]:
+def _first_copies(trades: pl.DataFrame, map_markets: MapFunction = map) -> tuple[pl.DataFrame, MarketRows | None]:
     """The first row of each (exchange, symbol, trade_id), in input order; and the rows of each market
     (``market_rows``) when no row was dropped, so the candle stage need not find them again.
 
@@ -116,18 +120,25 @@ def _first_copies(trades: pl.DataFrame) -> tuple[pl.DataFrame, MarketRows | None
     if numeric.null_count() > 0:  # text ids, or some rows without one
         return trades.filter(pl.col("trade_id").is_null()
                              | pl.struct("exchange", "symbol", "trade_id").is_first_distinct()), None
-    values = numeric.to_numpy()
-    keep = np.ones(trades.height, dtype=bool)
     markets = market_rows(trades)
-    for _, rows in markets:
-        market_ids = values[rows]
+
+    def repeats(rows: slice | np.ndarray) -> np.ndarray | None:
+        """The market's rows (of the frame) holding an id seen before in it; None when there is none."""
+        market_ids = market_values(numeric, rows)
         if len(market_ids) < 2 or bool(np.all(market_ids[1:] > market_ids[:-1])):
-            continue
+            return None
         _, first = np.unique(market_ids, return_index=True)  # index of each id's first occurrence
         repeated = np.ones(len(market_ids), dtype=bool)
         repeated[first] = False
-        keep[(np.arange(trades.height)[rows] if isinstance(rows, slice) else rows)[repeated]] = False
-    return (trades, markets) if keep.all() else (trades.filter(pl.Series(keep)), None)
+        return (np.arange(trades.height)[rows] if isinstance(rows, slice) else rows)[repeated]
+
+    found = [dropped for dropped in map_markets(repeats, [rows for _, rows in markets]) if dropped is not None]
+    if not found:
+        return trades, markets
+    keep = np.ones(trades.height, dtype=bool)
+    for dropped in found:
+        keep[dropped] = False
+    return trades.filter(pl.Series(keep)), None
 
 
 def complete_windows(candles: pl.DataFrame, since_ms: int | None, until_ms: int | None,
@@ -164,10 +175,23 @@ def compute(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, 
 def _rows_per_timeframe(trades: pl.DataFrame, timeframes: list[str], settings: Settings, result: ComputeResult,
                         since_ms: int | None, until_ms: int | None,
                         market_until: dict[tuple[str, str], int] | None) -> Iterator[pl.DataFrame]:
-    """The Features rows of each timeframe in turn (ordered by key then start), counted into ``result``."""
+    """The Features rows of each timeframe in turn (ordered by key then start), counted into ``result``.
+
+    The work of each market (de-duplication, sorting, candles) runs on a thread per core: numpy and
+    polars release the GIL for it (on 2 cores, a file of several markets goes through those stages
+    in little more than half the time).
+    """
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="backfill-markets") as pool:
+        yield from _rows_per_timeframe_on(pool.map, trades, timeframes, settings, result, since_ms, until_ms,
+                                          market_until)
+
+
+def _rows_per_timeframe_on(map_markets: MapFunction, trades: pl.DataFrame, timeframes: list[str], settings: Settings,
+                           result: ComputeResult, since_ms: int | None, until_ms: int | None,
+                           market_until: dict[tuple[str, str], int] | None) -> Iterator[pl.DataFrame]:
     started = time.perf_counter()
     trades, result.duplicates, result.out_of_range, markets = prepare_trades_and_markets(
-        trades, since_ms, until_ms)
+        trades, since_ms, until_ms, map_markets=map_markets)
     result.trades = trades.height
     result.without_id = trades["trade_id"].null_count() if "trade_id" in trades.columns else trades.height
     if result.without_id:
@@ -175,11 +199,12 @@ def _rows_per_timeframe(trades: pl.DataFrame, timeframes: list[str], settings: S
                     without_id=result.without_id, trades=result.trades)
     result.times.dedup_s = time.perf_counter() - started
     started = time.perf_counter()
-    arrays = sorted_markets(trades, markets)  # sorted once, aggregated for each timeframe
+    arrays = sorted_markets(trades, markets, map_markets=map_markets)  # made once, aggregated for each timeframe
+    del markets
     result.times.candles_s += time.perf_counter() - started
     for timeframe in timeframes:
         started = time.perf_counter()
-        candles = aggregate_markets(arrays, [timeframe])
+        candles = aggregate_markets(arrays, [timeframe], map_markets=map_markets)
         complete = complete_windows(candles, since_ms, until_ms, market_until)
         result.partial_windows += candles.height - complete.height
         result.candles += complete.height
@@ -191,16 +216,30 @@ def _rows_per_timeframe(trades: pl.DataFrame, timeframes: list[str], settings: S
 
 
 def _by_key(frames: list[pl.DataFrame], result: ComputeResult) -> pl.DataFrame:
-    """Per-timeframe rows as one frame ordered by candle key (``exchange:symbol:timeframe``) then start;
-    the number of keys counted into ``result``."""
+    """Per-timeframe rows (each ordered by key then start) as one frame ordered by candle key
+    (``exchange:symbol:timeframe``) then start; the number of keys counted into ``result``.
+
+    Each key's rows are one run in its timeframe's frame, so the runs are put in
+    key order and copied once (no sort of the rows, no key string per row).
+    """
     if not frames:
         return pl.DataFrame()
-    rows = pl.concat(frames, rechunk=True)
-    result.keys = rows.select("exchange", "symbol", "timeframe").n_unique() if rows.height else 0
-    if len(frames) == 1:  # one timeframe: already in key order
-        return rows
-    key = pl.concat_str(["exchange", "symbol", "timeframe"], separator=":")
-    return rows.sort(key, "start_ms", maintain_order=True)
+    runs = sorted((candle_key(*key), index, start, end)
+                  for index, frame in enumerate(frames) for key, start, end in _key_runs(frame))
+    result.keys = len({key for key, *_ in runs})
+    if len(frames) == 1 or not runs:  # one timeframe: already in key order
+        return pl.concat(frames, rechunk=True)
+    return pl.concat([frames[index].slice(start, end - start) for _, index, start, end in runs], rechunk=True)
+
+
+def _key_runs(rows: pl.DataFrame) -> list[tuple[tuple[str, str, str], int, int]]:
+    """((exchange, symbol, timeframe), first row, end row) of each run of rows of one key."""
+    if not rows.height:
+        return []
+    key = ("exchange", "symbol", "timeframe")
+    changed = pl.any_horizontal([pl.col(c) != pl.col(c).shift() for c in key]).fill_null(True)
+    starts = rows.select(pl.arg_where(changed)).to_series().to_list()
+    return list(zip(rows.select(key)[starts].rows(), starts, [*starts[1:], rows.height]))
 
 
 def features_frame(candles: pl.DataFrame, settings: Settings) -> pl.DataFrame:
@@ -227,7 +266,7 @@ def features_frame(candles: pl.DataFrame, settings: Settings) -> pl.DataFrame:
             outputs[name].append(np.asarray(values[name], dtype=np.float64) if name in values
                                  else np.full(end - start, np.nan))
     return candles.with_columns([
-        pl.Series(name, np.concatenate(parts) if parts else np.empty(0), dtype=pl.Float64).fill_nan(None)
+        pl.Series(name, np.concatenate(parts) if parts else np.empty(0), dtype=pl.Float64, nan_to_null=True)
         for name, parts in outputs.items()])
 
 
@@ -292,11 +331,14 @@ def run(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, sinc
 
     result = ComputeResult()
     dataset = OfflineDataset(settings.store.offline_dir)
+    # Resolving the feature columns loads TA-Lib (which imports pandas): ~0.5 s of Python holding the
+    # GIL, done before the markets are processed on several threads rather than alongside them.
     columns = {tf: list(schema.feature_columns) for tf, schema in repo.view_schemas(settings).items()}
     frames: list[pl.DataFrame] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-offline") as writer:
         pending = []
-        for rows in _rows_per_timeframe(trades, timeframes, settings, result, since_ms, until_ms, market_until):
+        for rows in _rows_per_timeframe(trades, _longest_first(timeframes), settings, result, since_ms, until_ms,
+                                        market_until):
             frames.append(rows)
             if on_rows is not None:
                 on_rows(rows.height)
@@ -314,6 +356,13 @@ def run(trades: pl.DataFrame, timeframes: list[str], settings: Settings, *, sinc
              offline_files=result.offline_files, online_written=result.online_written,
              online_stale=result.online_stale)
     return result
+
+
+def _longest_first(timeframes: list[str]) -> list[str]:
+    """Timeframes by decreasing length: the long ones have few candles and are computed soonest, so their
+    files start being written early (each timeframe has as many files; a file costs the same whatever
+    its rows)."""
+    return sorted(timeframes, key=timeframe_ms, reverse=True)
 
 
 def rest_trades(caches: list[Any]) -> pl.DataFrame:

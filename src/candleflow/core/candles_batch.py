@@ -24,7 +24,7 @@ sum, at memory speed. tests/core/test_candles_batch.py holds both facts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,9 @@ TRADE_COLUMNS: tuple[str, ...] = ("exchange", "symbol", "ts_ms", "price", "qty")
 MarketRows = list[tuple[tuple[str, str], slice | np.ndarray]]
 # An (exchange, symbol) with its trades as time-sorted arrays (see sorted_markets).
 SortedMarket = tuple[tuple[str, str], "_SortedTrades"]
+# How the markets' independent pieces of work are run: the builtin map, or e.g. a thread pool's map
+# (numpy and polars release the GIL for the array work; results are the same either way).
+MapFunction = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
 
 
 def empty_candles() -> pl.DataFrame:
@@ -107,12 +110,14 @@ def aggregate_frame(trades: pl.DataFrame, timeframes: Sequence[str], *, fill_gap
     return aggregate_markets(sorted_markets(trades, markets), timeframes, fill_gaps=fill_gaps)
 
 
-def sorted_markets(trades: pl.DataFrame, markets: MarketRows | None = None) -> list[SortedMarket]:
+def sorted_markets(trades: pl.DataFrame, markets: MarketRows | None = None, *,
+                   map_markets: MapFunction = map) -> list[SortedMarket]:
     """The trades of each (exchange, symbol) as time-sorted arrays, ready for :func:`aggregate_markets`.
 
     Made once for all timeframes; a caller that aggregates one timeframe at a
     time (the backfill, which writes each timeframe while computing the next)
-    keeps this list. ``trades`` and ``markets`` are as in :func:`aggregate_frame`.
+    keeps this list. ``trades`` and ``markets`` are as in :func:`aggregate_frame`;
+    ``map_markets`` runs the work of each market (see :data:`MapFunction`).
     Raises ValueError for missing columns or nulls.
     """
     missing = [c for c in TRADE_COLUMNS if c not in trades.columns]
@@ -126,35 +131,47 @@ def sorted_markets(trades: pl.DataFrame, markets: MarketRows | None = None) -> l
     if nulls:
         raise ValueError(f"trades frame has nulls in: {', '.join(f'{c} ({n})' for c, n in nulls.items())}")
 
-    # numpy views of the whole frame (no copy for the numeric columns); each market takes its rows from them.
-    ts_ms = trades["ts_ms"].cast(pl.Int64).to_numpy()
-    price = trades["price"].cast(pl.Float64).to_numpy()
-    qty = trades["qty"].cast(pl.Float64).to_numpy()
-    if "is_buy" in trades.columns:
-        is_buy = trades["is_buy"].fill_null(False).to_numpy()
-    else:
-        is_buy = (trades["side"] == "buy").fill_null(False).to_numpy()
-    result = []
-    for market, rows in (market_rows(trades) if markets is None else markets):
-        # take() copies indexed rows faster than fancy indexing; a slice stays a view.
-        columns = [c[rows] if isinstance(rows, slice) else c.take(rows) for c in (ts_ms, price, qty, is_buy)]
-        result.append((market, _sorted_by_time(*columns)))
-    return result
+    ts_ms = trades["ts_ms"].cast(pl.Int64)
+    price = trades["price"].cast(pl.Float64)
+    qty = trades["qty"].cast(pl.Float64)
+    is_buy = (trades["is_buy"] if "is_buy" in trades.columns else trades["side"] == "buy").fill_null(False)
+
+    def sort(item: tuple[tuple[str, str], slice | np.ndarray]) -> SortedMarket:
+        market, rows = item
+        return market, _sorted_by_time(*(market_values(c, rows) for c in (ts_ms, price, qty, is_buy)))
+
+    return list(map_markets(sort, market_rows(trades) if markets is None else markets))
+
+
+def market_values(column: pl.Series, rows: slice | np.ndarray) -> np.ndarray:
+    """One market's values of a column (rows as in :data:`MarketRows`) as a numpy array.
+
+    Gathered by polars straight from the column's chunks (a file's row groups):
+    a numpy copy of the whole column first would allocate as much again, and
+    on this kind of virtual machine memory a process has not touched before
+    costs ~3 ms per MiB. A slice of a one-chunk column stays a view.
+    """
+    if isinstance(rows, slice):
+        return column.slice(rows.start, rows.stop - rows.start).to_numpy()
+    return column.gather(rows).to_numpy()
 
 
 def aggregate_markets(markets: Sequence[SortedMarket], timeframes: Sequence[str], *,
-                      fill_gaps: bool = True) -> pl.DataFrame:
-    """Candles of :func:`sorted_markets` for every timeframe, in :func:`aggregate_frame`'s order."""
+                      fill_gaps: bool = True, map_markets: MapFunction = map) -> pl.DataFrame:
+    """Candles of :func:`sorted_markets` for every timeframe, in :func:`aggregate_frame`'s order;
+    ``map_markets`` runs the work of each market and timeframe (see :data:`MapFunction`)."""
     tf_lengths = _check_timeframes(timeframes)
     if not markets:
         return empty_candles()
-    pieces: list[tuple[str, pl.DataFrame]] = []
-    for (exchange, symbol), trades in markets:
-        for timeframe, tf_ms in tf_lengths.items():
-            pieces.append((candle_key(exchange, symbol, timeframe),
-                           _candles_frame(trades, tf_ms, exchange, symbol, timeframe, fill_gaps)))
-    pieces.sort(key=lambda piece: piece[0])
-    return pl.concat([candles for _, candles in pieces], rechunk=True)
+    work = sorted(((candle_key(exchange, symbol, timeframe), trades, tf_ms, exchange, symbol, timeframe)
+                   for (exchange, symbol), trades in markets for timeframe, tf_ms in tf_lengths.items()),
+                  key=lambda item: item[0])
+
+    def aggregate(item: tuple[str, _SortedTrades, int, str, str, str]) -> pl.DataFrame:
+        _, trades, tf_ms, exchange, symbol, timeframe = item
+        return _candles_frame(trades, tf_ms, exchange, symbol, timeframe, fill_gaps)
+
+    return pl.concat(list(map_markets(aggregate, work)), rechunk=True)
 
 
 def _check_timeframes(timeframes: Sequence[str]) -> dict[str, int]:
@@ -168,39 +185,44 @@ def _check_timeframes(timeframes: Sequence[str]) -> dict[str, int]:
 _MAX_RUNS = 10_000
 # Up to this many markets, each market's rows are found by one comparison pass over the codes.
 _MAX_SCANNED_MARKETS = 64
+# The markets of this many first rows are tried as the frame's markets (see _scan_markets).
+_SAMPLE_ROWS = 100_000
 
 def market_rows(trades: pl.DataFrame) -> MarketRows:
     """Each (exchange, symbol) of a non-empty frame with its rows (a slice or indices in input order).
 
-    Files usually hold one market each, so a frame is a few runs of rows of
-    one market: those become slices (views, no copy). Markets interleaved row
-    by row are grouped through integer codes: each varying text column is
-    encoded once (a categorical cast, one hash per row), and each market's rows
-    are the positions of its code. On 10M interleaved trades of 4 markets this
-    takes ~0.4 s, against ~0.8 s for a polars group-by collecting row lists.
-    The result can be passed to :func:`aggregate_frame` (``markets=``) by a
+    A text column that holds one value throughout (the exchange, usually) is
+    recognised by one comparison pass and not looked at again. A varying one
+    is encoded once (a categorical cast: one hash per row, 4-byte codes). Files
+    usually hold one market each, so a frame is a few runs of rows of one
+    market: those become slices (views, no copy). Markets interleaved row by
+    row are grouped through the codes: each market's rows are the positions of
+    its code. No temporary as large as a text column is made (on this kind of
+    virtual machine, memory a process has not touched before costs ~3 ms per
+    MiB). The result can be passed to :func:`aggregate_frame` (``markets=``) by a
     caller that needed it first, e.g. to de-duplicate per market.
     """
-    changes = trades.select(
-        [(pl.col(c) != pl.col(c).shift()).fill_null(True).alias(c) for c in ("exchange", "symbol")])
-    exchange_changes, symbol_changes = (changes.get_column(c).to_numpy() for c in ("exchange", "symbol"))
-    run_starts = np.flatnonzero(exchange_changes | symbol_changes)
-    if len(run_starts) <= _MAX_RUNS:
-        run_ends = np.append(run_starts[1:], trades.height)
+    varying = [c for c in ("exchange", "symbol") if not _single_value(trades.get_column(c))]
+    if not varying:
+        return [((trades["exchange"][0], trades["symbol"][0]), slice(0, trades.height))]
+    scanned = _scan_markets(trades, varying)
+    if scanned is not None:
+        return scanned
+    codes = _category_codes(trades.get_column(varying[0]))
+    for column in varying[1:]:  # a market is a pair of codes
+        column_codes = _category_codes(trades.get_column(column))
+        codes = codes.astype(np.int64) * (int(column_codes.max()) + 1) + column_codes
+    run_ends = np.flatnonzero(codes[1:] != codes[:-1]) + 1 if len(codes) > 1 else np.empty(0, np.int64)
+    if len(run_ends) < _MAX_RUNS:
+        run_starts = [0, *run_ends.tolist()]
         runs: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        heads = trades.select("exchange", "symbol")[run_starts.tolist()]
-        for (exchange, symbol), start, end in zip(heads.iter_rows(), run_starts.tolist(), run_ends.tolist()):
+        heads = trades.select("exchange", "symbol")[run_starts]
+        for (exchange, symbol), start, end in zip(heads.iter_rows(), run_starts, [*run_starts[1:], trades.height]):
             runs.setdefault((exchange, symbol), []).append((start, end))
         return [(market, slice(*spans[0]) if len(spans) == 1
                  else np.concatenate([np.arange(start, end) for start, end in spans]))
                 for market, spans in runs.items()]
-    # A column with one run holds one value: the value of the first row, not worth encoding.
-    varying = [c for c, flags in (("exchange", exchange_changes), ("symbol", symbol_changes))
-               if np.count_nonzero(flags) > 1] or ["exchange", "symbol"]
-    codes = np.zeros(trades.height, dtype=np.int64)
-    for column in varying:
-        column_codes = trades.get_column(column).cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
-        codes = codes * (int(column_codes.max()) + 1) + column_codes
+    del run_ends
     present = np.flatnonzero(np.bincount(codes)) if int(codes.max()) < 4 * trades.height else np.unique(codes)
     if len(present) <= _MAX_SCANNED_MARKETS:
         groups = [np.flatnonzero(codes == code) for code in present.tolist()]
@@ -209,6 +231,37 @@ def market_rows(trades: pl.DataFrame) -> MarketRows:
         groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
     exchanges, symbols = trades.get_column("exchange"), trades.get_column("symbol")
     return [((exchanges[int(rows[0])], symbols[int(rows[0])]), rows) for rows in groups]
+
+
+def _scan_markets(trades: pl.DataFrame, varying: list[str]) -> MarketRows | None:
+    """The rows of each market by one comparison pass per market, when the markets of the first rows are
+    every market of the frame (markets interleaved from the start, as in a merged file); else None.
+
+    Comparing a text column with one value costs a tenth of hashing it (the categorical cast).
+    """
+    candidates = trades.head(_SAMPLE_ROWS).select("exchange", "symbol").unique(maintain_order=True)
+    if candidates.height > _MAX_SCANNED_MARKETS or any(candidates.null_count().row(0)):
+        return None
+    masks = []
+    for market in candidates.iter_rows():
+        tests = [trades.get_column(c) == value for c, value in zip(("exchange", "symbol"), market) if c in varying]
+        masks.append(tests[0] if len(tests) == 1 else tests[0] & tests[1])
+    if sum(int(mask.sum()) for mask in masks) != trades.height:  # a market that trades only later, or nulls
+        return None
+    return [(market, np.flatnonzero(mask.to_numpy())) for market, mask in zip(candidates.iter_rows(), masks)]
+
+
+def _single_value(column: pl.Series) -> bool:
+    """Whether every row holds the first row's value (no null)."""
+    return column.null_count() == 0 and bool((column == column[0]).all())
+
+
+def _category_codes(column: pl.Series) -> np.ndarray:
+    """A non-negative integer per row, equal for equal values (nulls get one code of their own)."""
+    codes = column.cast(pl.Categorical).to_physical()
+    if codes.null_count():
+        codes = codes.fill_null(int(codes.max() or 0) + 1)
+    return codes.to_numpy()
 
 
 # --- internals ----------------------------------------------------------------

@@ -70,6 +70,18 @@ def _polars(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
+def _write_durably(path: Path, data: pa.Buffer) -> None:
+    """Create ``path`` holding ``data``, on disk when this returns."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -142,7 +154,10 @@ class OfflineDataset:
             return []
         created_us = time.time_ns() // 1000
         parts: list[tuple[Path, pa.Table]] = []
-        for (timeframe,), rows in frame.partition_by("timeframe", maintain_order=True, as_dict=True).items():
+        timeframes = frame.get_column("timeframe").unique(maintain_order=True)
+        by_timeframe = (frame.partition_by("timeframe", maintain_order=True, as_dict=True).items()
+                        if len(timeframes) > 1 else [(tuple(timeframes), frame)])  # a backfill's: no copy
+        for (timeframe,), rows in by_timeframe:
             parts += self._partitions(rows, str(timeframe), feature_columns[str(timeframe)], created_us)
 
         def write(item: tuple[Path, pa.Table]) -> Path:
@@ -150,11 +165,12 @@ class OfflineDataset:
             folder.mkdir(parents=True, exist_ok=True)
             final = folder / f"part-{created_us * 1000:020d}-{uuid.uuid4().hex[:8]}.parquet"
             tmp = final.with_suffix(".parquet.tmp")
-            with open(tmp, "wb") as handle:
-                pq.write_table(table, handle, compression="snappy", use_dictionary=_DICTIONARY_COLUMNS,
-                               write_statistics=_STATISTICS_COLUMNS)
-                handle.flush()
-                os.fsync(handle.fileno())
+            # Encoded into an Arrow buffer, then one write: a Python file object would make the
+            # encoder take the GIL for each of its writes.
+            encoded = pa.BufferOutputStream()
+            pq.write_table(table, encoded, compression="snappy", use_dictionary=_DICTIONARY_COLUMNS,
+                           write_statistics=_STATISTICS_COLUMNS)
+            _write_durably(tmp, encoded.getvalue())
             os.replace(tmp, final)
             _fsync_dir(folder)  # one file per partition and call: each folder is synced once
             return final
