@@ -149,16 +149,18 @@ def test_rows_are_the_candle_then_the_features_in_layout_order(settings_factory)
     config = settings.features
     engine = FeatureEngine(indicators_for(config, "1m"), config.candle_features)
     encoder = RowEncoder(engine.columns)
+    twin = FeatureEngine(indicators_for(config, "1m"), config.candle_features)  # the same engine, by dict
     nulls = []
     for candle in key_candles("kraken", "BTC/USD", 120, 12):
-        values = engine.update(candle)
-        assert encoder(candle, values) == encode({**to_dict(candle), **values})
-        nulls.append(sum(v is None for v in values.values()))
+        values, row = engine.update_values(candle), twin.update(candle)
+        assert list(row) == engine.columns and list(row.values()) == values
+        assert encoder(candle, values) == encode({**to_dict(candle), **row})
+        nulls.append(values.count(None))
     assert nulls[0] > 0 and nulls[-1] < nulls[0]  # warm-up rows and filled rows were both encoded
     # A layout with a column named like a candle field: the feature value wins, as in the merged dict.
     clashing = RowEncoder(["close", "rsi_14"])
     candle = key_candles("kraken", "BTC/USD", 1, 13)[0]
-    raw = clashing(candle, {"close": None, "rsi_14": 50.5})
+    raw = clashing(candle, [None, 50.5])
     assert raw == encode({**to_dict(candle), "close": None, "rsi_14": 50.5})
     assert json.loads(raw)["close"] is None
 

@@ -383,7 +383,7 @@ _steps_factories: dict[tuple[Any, ...], Any] = {}
 _state_reader_factories: dict[tuple[Any, ...], Any] = {}
 
 
-def _steps_factory(calls: tuple[tuple[tuple[str, ...], tuple[tuple[int, str], ...]], ...]) -> Any:
+def _steps_factory(calls: tuple[tuple[tuple[str, ...], tuple[tuple[int, int], ...]], ...]) -> Any:
     """For FeatureEngine._compile_steps: a function that takes the indicators' update methods and
     returns the straight-line step function; compiled once per indicator layout (engines are
     also built for every provisional row)."""
@@ -395,9 +395,9 @@ def _steps_factory(calls: tuple[tuple[tuple[str, ...], tuple[tuple[int, str], ..
                  f"        {', '.join(INPUT_COLUMNS)} = values"]
         for update, (inputs, outputs) in zip(updates, calls):
             lines.append(f"        result = {update}({', '.join(inputs)})")
-            for index, name in outputs:
+            for index, slot in outputs:
                 lines.append(f"        value = result[{index}]")
-                lines.append(f"        row[{name!r}] = None if value != value else value")
+                lines.append(f"        row[{slot}] = None if value != value else value")
         lines.append("    return run_steps")
         namespace: dict[str, Any] = {}
         exec(compile("\n".join(lines), "<FeatureEngine steps>", "exec"), namespace)
@@ -439,21 +439,25 @@ class FeatureEngine:
         self.candle_features = tuple(candle_features)
         self.count = 0
         self.prev_close = math.nan
-        self._steps: list[tuple[Any, tuple[str, ...], tuple[tuple[int, str], ...]]] = []
+        self.columns = [name for ind in self.indicators for name in ind.columns] + list(self.candle_features)
+        # The row is filled as a list, one slot per column in this order (see update_values).
+        self._empty_row: list[float | None] = [None] * len(self.columns)
+        # (indicator, its input columns, (its output index, row slot) per kept output)
+        self._steps: list[tuple[Any, tuple[str, ...], tuple[tuple[int, int], ...]]] = []
+        slot = 0
         for ind in self.indicators:
             impl = make_incremental(ind.function, ind.params)
             if impl is None:
                 impl = Replay(_replay_runner(ind), len(ind.input_columns))
-            self._steps.append((impl, ind.input_columns, ind.outputs))
+            outputs = tuple((index, slot + number) for number, (index, _) in enumerate(ind.outputs))
+            slot += len(ind.outputs)
+            self._steps.append((impl, ind.input_columns, outputs))
         self._run_steps = self._compile_steps()
         unknown = [name for name in self.candle_features if name not in CANDLE_FEATURE_CODES]
         if unknown:
             raise ValueError(f"unknown candle feature(s) {unknown} (known: {', '.join(CANDLE_FEATURE_CODES)})")
         self._feature_codes = [CANDLE_FEATURE_CODES[name] for name in self.candle_features]
-        self.columns = [name for ind in self.indicators for name in ind.columns] + list(self.candle_features)
-        # Every row has exactly these keys in this order (the steps fill them so): copying a
-        # ready-made dict and replacing its values is cheaper than inserting them one by one.
-        self._empty_row: dict[str, float | None] = dict.fromkeys(self.columns)
+        self._feature_slots = list(range(slot, slot + len(self.candle_features)))
         self.fingerprint = self._fingerprint()
         from candleflow.core.indicators import state_parts
 
@@ -474,8 +478,8 @@ class FeatureEngine:
 
             for impl, inputs, outputs in self._steps:
                 result = impl.update(*(values[INPUT_COLUMNS.index(col)] for col in inputs))
-                for index, name in outputs:
-                    row[name] = None if result[index] is NaN else result[index]
+                for index, slot in outputs:
+                    row[slot] = None if result[index] is NaN else result[index]
 
         When :mod:`candleflow.core.steps` is compiled (setup.py), that loop itself
         (:class:`~candleflow.core.steps.StepRunner`) is the fastest. Interpreted, the
@@ -502,11 +506,15 @@ class FeatureEngine:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def update(self, candle: Any) -> dict[str, float | None]:
-        """The feature values of the next final candle (a Candle or a dict with its fields)."""
+        """The feature values of the next final candle (a Candle or a dict with its fields), by column."""
+        return dict(zip(self.columns, self.update_values(candle)))
+
+    def update_values(self, candle: Any) -> list[float | None]:
+        """:meth:`update` as a list, the values in ``columns`` order (what the streaming service encodes)."""
         values = input_values(candle)
         row = self._empty_row.copy()
         self._run_steps(values, row)
-        candle_features(self._feature_codes, self.candle_features, values, self.count, self.prev_close, row)
+        candle_features(self._feature_codes, self._feature_slots, values, self.count, self.prev_close, row)
         self.count += 1
         self.prev_close = values[CLOSE]
         return row

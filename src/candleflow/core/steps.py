@@ -50,10 +50,10 @@ def input_values(candle: object) -> tuple[float, ...]:
     return tuple([float(getattr(candle, column)) for column in INPUT_COLUMNS])
 
 
-def candle_features(codes: list[int], names: tuple[str, ...], values: tuple[float, ...], count: int,
-                    prev_close: float, row: dict[str, float | None]) -> None:
-    """Add the candle features (`codes`: CANDLE_FEATURE_CODES of `names`) of the candle `values` to `row`;
-    `count` candles came before it, the last one closing at `prev_close`."""
+def candle_features(codes: list[int], slots: list[int], values: tuple[float, ...], count: int,
+                    prev_close: float, row: list[float | None]) -> None:
+    """Put the candle features (`codes`: CANDLE_FEATURE_CODES) of the candle `values` in their `slots`
+    of `row`; `count` candles came before it, the last one closing at `prev_close`."""
     open_ = values[0]
     high = values[1]
     low = values[2]
@@ -63,17 +63,17 @@ def candle_features(codes: list[int], names: tuple[str, ...], values: tuple[floa
     buy_volume = values[7]
     for i in range(len(codes)):
         code = codes[i]
-        name = names[i]
+        slot = slots[i]
         if code == _LOG_RETURN:
-            row[name] = math.log(close / prev_close) if count > 0 else None
+            row[slot] = math.log(close / prev_close) if count > 0 else None
         elif code == _RANGE_PCT:
-            row[name] = (high - low) / close
+            row[slot] = (high - low) / close
         elif code == _BODY_PCT:
-            row[name] = (close - open_) / open_
+            row[slot] = (close - open_) / open_
         elif code == _VWAP_DIST:
-            row[name] = close / vwap - 1.0
+            row[slot] = close / vwap - 1.0
         elif code == _BUY_RATIO:
-            row[name] = buy_volume / volume if volume > 0 else None
+            row[slot] = buy_volume / volume if volume > 0 else None
 
 
 # An indicator's update method: its inputs in, one float per output out (NaN during warm-up).
@@ -83,9 +83,10 @@ Update = Callable[..., tuple[object, ...]]
 
 @final
 class Step:
-    """One indicator of an engine: its update method, which candle values it reads, which outputs it keeps."""
+    """One indicator of an engine: its update method, which candle values it reads, which outputs it
+    keeps and where in the row (``outputs``: (output index, row slot) pairs)."""
 
-    def __init__(self, update: Update, inputs: Sequence[int], outputs: Sequence[tuple[int, str]]) -> None:
+    def __init__(self, update: Update, inputs: Sequence[int], outputs: Sequence[tuple[int, int]]) -> None:
         self.update = update
         self.inputs = list(inputs)  # indexes into the candle values
         self.arity = len(self.inputs)
@@ -94,7 +95,7 @@ class Step:
         self.third = self.inputs[2] if self.arity > 2 else 0
         self.fourth = self.inputs[3] if self.arity > 3 else 0
         self.output_indexes = [index for index, _ in outputs]
-        self.output_names = [name for _, name in outputs]
+        self.output_slots = [slot for _, slot in outputs]
 
 
 @final
@@ -107,14 +108,17 @@ class StepRunner:
 
         for impl, inputs, outputs in steps:
             result = impl.update(*(values[i] for i in inputs))
-            for index, name in outputs:
-                row[name] = None if result[index] is NaN else result[index]
+            for index, slot in outputs:
+                row[slot] = None if result[index] is NaN else result[index]
+
+    The row is a list, one slot per column of the engine's layout: a list item
+    is set for a fraction of what a dict entry costs.
     """
 
     def __init__(self, steps: list[Step]) -> None:
         self.steps = steps
 
-    def __call__(self, values: tuple[object, ...], row: dict[str, object]) -> None:
+    def __call__(self, values: tuple[object, ...], row: list[object]) -> None:
         for step in self.steps:
             arity = step.arity
             update = step.update
@@ -130,11 +134,11 @@ class StepRunner:
             else:
                 result = update(*[values[i] for i in step.inputs])
             indexes = step.output_indexes
-            names = step.output_names
-            for j in range(len(names)):
+            slots = step.output_slots
+            for j in range(len(slots)):
                 value = result[indexes[j]]
                 number = cast(float, value)  # compiled: reads the double, no new object
-                row[names[j]] = None if number != number else value
+                row[slots[j]] = None if number != number else value
 
 
 @final

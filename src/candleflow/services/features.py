@@ -173,7 +173,7 @@ class FeaturesProcessor:
             if candle.start_ms != last_start + self._timeframe_ms[candle.timeframe]:
                 GAPS.inc()
                 log.warning("candle gap", key=candle_key, previous_start_ms=last_start, start_ms=candle.start_ms)
-        values = engine.update(candle)
+        values = engine.update_values(candle)
         # The engine itself (live_engines, see the class doc), or a snapshot with live references
         # that whoever stores it must encode at once.
         state.set(engine_key, engine if self.live_engines else engine.raw_state())
@@ -247,14 +247,16 @@ class RowEncoder:
     """Encodes the Features records of one feature layout (an engine's ``columns``).
 
     A Features record is the candle's fields, then the feature values, as one
-    JSON object: the same bytes as ``encode({**to_dict(candle), **values})``
-    when ``values`` has the layout's columns in order (as every engine row
-    has). Rows are encoded through a Struct type made for the layout, so the
-    ~50 field names are encoded once, here, instead of for every row.
+    JSON object: the same bytes as ``encode({**to_dict(candle), **row})``, where
+    ``row`` maps the layout's columns to `values` (the list
+    :meth:`FeatureEngine.update_values` returns). Rows are encoded through a
+    Struct type made for the layout, so the ~50 field names are encoded once,
+    here, instead of for every row.
     """
 
     def __init__(self, columns: Sequence[str]) -> None:
-        names = list(CANDLE_FIELDS) + list(columns)
+        self._columns = list(columns)
+        names = list(CANDLE_FIELDS) + self._columns
         self._by_struct = len(set(names)) == len(names)
         # A column named like a candle field would overwrite it in the merged dict: that (odd)
         # layout keeps the merged dict, so the bytes stay those of the Features record.
@@ -262,10 +264,10 @@ class RowEncoder:
             fields = [f"f{i}" for i in range(len(names))]
             self._row_type = msgspec.defstruct("FeaturesRow", fields, rename=dict(zip(fields, names)), gc=False)
 
-    def __call__(self, candle: Candle, values: dict[str, float | None]) -> bytes:
+    def __call__(self, candle: Candle, values: list[float | None]) -> bytes:
         if self._by_struct:
-            return _row_encoder.encode(self._row_type(*_astuple(candle), *values.values()))
-        return encode({**to_dict(candle), **values})
+            return _row_encoder.encode(self._row_type(*_astuple(candle), *values))
+        return encode({**to_dict(candle), **dict(zip(self._columns, values))})
 
 
 _astuple = msgspec.structs.astuple
