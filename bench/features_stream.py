@@ -11,7 +11,8 @@
    are produced to `candles` first, then the service starts; throughput is
    rows / (time the last row became visible - time the first row became
    visible) on the read_committed `features` topic, for exactly-once and
-   at-least-once. Start-up (TA-Lib import, topic checks, state loading) is excluded.
+   at-least-once, after one untimed run that warms the fresh broker up. Start-up
+   (TA-Lib import, topic checks, state loading) is excluded.
    Also the service's CPU time per candle over the same window (user + system
    of the whole service process, librdkafka threads included, from /proc):
    on a shared, loaded machine the rate says how much CPU the service got,
@@ -97,9 +98,13 @@ def bench_engine(candles, keys: int = 5) -> dict:
     symbols = list(dict.fromkeys(c.symbol for c in candles))[:keys]
     engines = {symbol: FeatureEngine(indicators_for(config, "1m"), config.candle_features) for symbol in symbols}
     chosen = [c for c in candles if c.symbol in engines]
+    # What the service calls: the row as a list (update() builds a dict from it); an earlier
+    # version (--baseline-src) has update() only.
+    method = "update_values" if hasattr(FeatureEngine, "update_values") else "update"
+    updates = {symbol: getattr(engine, method) for symbol, engine in engines.items()}
     begin, begin_cpu = time.perf_counter(), time.process_time()
     for candle in chosen:
-        engines[candle.symbol].update(candle)
+        updates[candle.symbol](candle)
     wall, cpu = time.perf_counter() - begin, time.process_time() - begin_cpu
     return {"candles_per_s": round(len(chosen) / wall), "cpu_us_per_candle": round(cpu / len(chosen) * 1e6, 1),
             "compiled": COMPILED}  # the mypyc build of the engine (setup.py), else its pure-Python sources
@@ -340,31 +345,34 @@ def bench_quix_passthrough(bootstrap: str, candles, workdir: Path) -> dict:
 # Where the time goes, measured separately (not by this script) on 2026-11-25 with cProfile of the
 # service process (compiled engine, batched runtime, exactly-once, 30 markets x 2,000 candles).
 PROFILE_NOTES = """\
-Where the time goes (cProfile of the service's main thread, compiled engine, exactly-once; the profiler
-inflates interpreted code against compiled code, so these shares lean towards the Python parts):
-FeatureEngine.update ~24% of the processing loop; the rest of FeaturesProcessor.final ~56% (candle decode
-and validation, the Features row encoding, state and cache bookkeeping, metrics); produce() ~9%; consume()
-~8%; transaction commits and offsets ~5%. Without the profiler the per-candle CPU figures above say the
-same: engine ~13 us, the processor's own work ~12 us, the Kafka side ~23 us (the loop, librdkafka's
-threads, the 1.3 kB row per candle).
+Where the time goes (perf of the whole service process, exactly-once, this version): the main Python
+thread ~92% of the process's CPU, librdkafka's threads ~5%, the kernel ~3.5%. By code: the compiled
+engine ~16% plus ~5% in math.fsum (the exactly rounded window sums of VAR/STDDEV/BBANDS); msgspec
+~10% (candle decode, and the Features row encode, mostly formatting ~50 floats as shortest
+round-trip text); interpreted Python (the processor and the batch loop) ~10% self; the rest is the
+interpreter's object work (allocation, dicts, calls) around them.
 
-Why the median misses 20k although single runs reach it: on this 2-core machine the broker (Java), the
-service and the reader of `features` share the two cores, so the service gets what the broker leaves
-and its runs vary (see the exactly-once runs above). The service process itself needs ~45-55 us CPU
-per candle, i.e. about 20k candles/s of one core.
+What changed from the previous version (its figures above), each measured before it was kept:
+- the engine fills each row as a list by slot (`FeatureEngine.update_values`; `update()` still returns
+  the dict) and the service encodes it through a msgspec Struct made once per feature layout, so the
+  ~50 field names are encoded once instead of for every row: the processor alone went from ~39 to
+  ~28 us CPU/candle (interleaved runs above, which include the next two items);
+- candle counts reach Prometheus once per batch (a counter increment takes a lock);
+- Python's cyclic garbage collector runs between batches only, every 30 s (the loop's garbage is
+  acyclic): left automatic it cost ~3 us per candle (young-object scans every few hundred allocations,
+  a full collection every few batches);
+- the producer lingers 100 ms instead of 5 ms: every batch ends with a commit (or a flush), which sends
+  at once regardless of linger, so this costs no latency, and within a batch the producer sends full
+  1 MB batches: the kernel's share of the service's CPU fell from ~16% to ~3.5% (perf), with the
+  context switches between the main thread and librdkafka's.
 
-What changed from the Quix Streams service (its figures: the previous version above): the engine is
-compiled with mypyc (setup.py; bit-identical to its Python sources); no per-message Quix work (message contexts, a state transaction per
-message, routing through topic objects, offset tracking: ~45% of that service's time); the engine state
-(~400 numbers) is no longer snapshotted and encoded after every candle but once per key per batch (the
-processor keeps the engine object in the key's state and the runtime snapshots it when it writes the
-batch's state records); the state lives in a dict per key instead of RocksDB; outputs, state and offsets
-commit in one transaction per batch of up to 5,000 messages instead of one per second of Quix work.
+Why runs vary: on this 2-core machine the broker (Java), the service and the reader of `features` share
+the two cores, so the service gets what the broker leaves (see the exactly-once runs above); the CPU
+time per candle is the steadier figure. The service needs ~35-40 us CPU per candle, i.e. 25-28k
+candles/s of one core.
 
-What is left between the service and the engine (figures above): the processor's per-message logic
-(candle decode and validation, Features row encoding, state and cache bookkeeping) and the Kafka side
-(~8 us CPU per message with 1.3 kB rows, measured like the pass-through above: the loop, consume(), one
-produce() per row, librdkafka's threads)."""
+Why not Quix Streams: the pass-through figures above (a stateful Quix app that does no maths tops out
+below the target)."""
 
 
 def main() -> None:
@@ -404,6 +412,9 @@ def main() -> None:
     batch_passthrough: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="cf-bench-features-") as tmp:
         with _broker(args.bootstrap, Path(tmp)) as bootstrap:
+            # A fresh broker is cold (its JVM compiles its hot paths during the first minute of load);
+            # one untimed run first, so the first timed run of the first variant is not the one that pays.
+            bench_service(bootstrap, candles, "exactly-once", Path(tmp))
             runs = {(version, guarantee): [] for version in versions for guarantee in ("exactly-once", "at-least-once")}
             for _ in range(args.repeat):  # interleaved, so every variant sees the same machine load
                 for (version, guarantee), results in runs.items():

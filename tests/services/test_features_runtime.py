@@ -8,11 +8,12 @@ per key (what the service keeps per key and partition).
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from candleflow.broker.topics import create_topics
@@ -92,6 +93,20 @@ def test_state_topic_is_created_compacted_with_the_partitions_of_candles(setting
     assert described["segment.bytes"].value == str(16 << 20)  # small segments: compacted soon, loaded fast
     assert ensure_state_topic(settings) == name  # already there: used as it is
     assert read_states(settings, name, [0, 1, 2]) == {0: {}, 1: {}, 2: {}}
+
+
+def test_state_loading_waits_for_a_state_topic_still_without_leaders(settings_factory, kafka_config):
+    """Right after the state topic is created its partitions may have no leader yet: loading waits."""
+    settings = runtime_settings(settings_factory, 2)
+    name = state_topic_name(settings)
+    creator = threading.Timer(1.0, lambda: ensure_state_topic(settings))  # the topic appears a moment later
+    creator.start()
+    try:
+        assert read_states(settings, name, [0, 1], timeout_s=60) == {0: {}, 1: {}}
+    finally:
+        creator.join()
+    with pytest.raises(KafkaException):  # and it does not wait forever
+        read_states(settings, f"{name}-missing", [0], timeout_s=1)
 
 
 def test_a_state_topic_with_fewer_partitions_than_candles_is_refused(settings_factory, kafka_config):

@@ -67,7 +67,7 @@ def engine_states(rows: pl.DataFrame, settings: Settings) -> list[HandoverState]
         engine = FeatureEngine(engines[timeframe], settings.features.candle_features)
         group = group.sort("start_ms")
         for candle in group.iter_rows(named=True):
-            engine.update(candle)
+            engine.update_values(candle)  # only the state is kept: no row dict
         states.append(HandoverState(str(exchange), str(symbol), str(timeframe), int(group["start_ms"][-1]),
                                     engine.count, engine.fingerprint, engine.to_state()))
     return states
