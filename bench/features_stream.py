@@ -368,8 +368,9 @@ What changed from the previous version (its figures above), each measured before
 
 Why runs vary: on this 2-core machine the broker (Java), the service and the reader of `features` share
 the two cores, so the service gets what the broker leaves (see the exactly-once runs above); the CPU
-time per candle is the steadier figure. The service needs ~35-40 us CPU per candle, i.e. 25-28k
-candles/s of one core.
+time per candle is the steadier figure. The service needs ~35-45 us CPU per candle, i.e. 22-28k
+candles/s of one core; the broker spends about as much again per candle (measured from /proc while the
+service ran against a shared broker: 32-47 us), so at 20k candles/s the two cores are close to full.
 
 Why not Quix Streams: the pass-through figures above (a stateful Quix app that does no maths tops out
 below the target)."""
