@@ -12,25 +12,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import random
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 
-import candleflow
 from candleflow.config import FeaturesConfig, IndicatorSpec
 from candleflow.core import indicators, steps
 from candleflow.core.features import FeatureEngine, check_specs, indicators_for
 from candleflow.exchanges import fastpath
 from candleflow.records import Candle
+from tests.fixtures.pure_python import run_pure_python
 
 COMPILED_MODULES = (indicators, steps)
-REPO = Path(__file__).resolve().parents[2]
 needs_compiled = pytest.mark.skipif(
     not steps.COMPILED, reason="the compiled features engine is not built here (pure-Python install): "
                                "nothing to compare; `make install` builds it")
@@ -107,17 +102,11 @@ CASES = [("default", 1, 3_000), ("default", 2, 1_500), ("extra", 3, 400)]
 
 def pure_python_histories(tmp_path: Path) -> list[str]:
     """`history` of every case, run by the package's pure-Python sources: a copy without extensions."""
-    package = Path(candleflow.__file__).resolve().parent
-    copy = tmp_path / "pure"
-    shutil.copytree(package, copy / "candleflow", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
     code = ("import json, candleflow.core.steps as steps, candleflow.core.indicators as indicators\n"
             "assert not steps.COMPILED and indicators.__file__.endswith('.py'), indicators.__file__\n"
             "from tests.core.test_compiled import CASES, history\n"
             "print(json.dumps([history(*case) for case in CASES]))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "PYTHONPATH": f"{copy}{os.pathsep}{REPO}"})
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_pure_python(tmp_path, code)
 
 
 @needs_compiled

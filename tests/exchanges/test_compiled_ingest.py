@@ -12,11 +12,7 @@ The staleness of the build is checked by tests/core/test_compiled.py.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -24,13 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import candleflow
 from candleflow.exchanges import binance, fastpath, kraken
 from candleflow.exchanges.base import FrameError
 from candleflow.exchanges.times import rfc3339_ms
 from candleflow.records import Trade
+from tests.fixtures.pure_python import run_pure_python
 
-REPO = Path(__file__).resolve().parents[2]
 needs_compiled = pytest.mark.skipif(
     not fastpath.COMPILED, reason="the compiled ingest hot path is not built here (pure-Python install): "
                                    "nothing to compare; `make install` builds it")
@@ -244,17 +239,11 @@ def outcome(kind: str, seed: int, n: int) -> str:
 
 def pure_python_outcomes(tmp_path: Path) -> list[str]:
     """`outcome` of every case, run by the package's pure-Python sources: a copy without extensions."""
-    package = Path(candleflow.__file__).resolve().parent
-    copy = tmp_path / "pure"
-    shutil.copytree(package, copy / "candleflow", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
     code = ("import json, candleflow.exchanges.fastpath as fastpath\n"
             "assert not fastpath.COMPILED and fastpath.__file__.endswith('.py'), fastpath.__file__\n"
             "from tests.exchanges.test_compiled_ingest import CASES, outcome\n"
             "print(json.dumps([outcome(*case) for case in CASES]))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "PYTHONPATH": f"{copy}{os.pathsep}{REPO}"})
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_pure_python(tmp_path, code)
 
 
 @needs_compiled
