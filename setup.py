@@ -68,7 +68,11 @@ def compiled_extensions() -> list:
               file=sys.stderr)
         remove_inplace_builds()
         return []
-    extensions = mypycify(COMPILED_MODULES, opt_level="3", group_name="candleflow_core")
+    # The compiled modules import project modules that import third-party packages (msgspec, httpx,
+    # ...), which pip may not have installed yet when it builds this package: mypy reads those
+    # imports as Any instead of failing, and reports errors only in the compiled modules.
+    options = ["--ignore-missing-imports", "--follow-imports=silent"]
+    extensions = mypycify([*options, *COMPILED_MODULES], opt_level="3", group_name="candleflow_core")
     if sys.platform != "win32":
         for ext in extensions:
             # No fused multiply-add, which compilers emit by default on some platforms (aarch64):
