@@ -23,7 +23,7 @@ from candleflow.core import indicators, steps
 from candleflow.core.features import FeatureEngine, check_specs, indicators_for
 from candleflow.exchanges import fastpath
 from candleflow.records import Candle
-from tests.fixtures.pure_python import run_pure_python
+from tests.fixtures.pure_python import pure_python_results
 
 COMPILED_MODULES = (indicators, steps)
 needs_compiled = pytest.mark.skipif(
@@ -100,20 +100,11 @@ def history(indicator_set: str, seed: int, n: int) -> str:
 CASES = [("default", 1, 3_000), ("default", 2, 1_500), ("extra", 3, 400)]
 
 
-def pure_python_histories(tmp_path: Path) -> list[str]:
-    """`history` of every case, run by the package's pure-Python sources: a copy without extensions."""
-    code = ("import json, candleflow.core.steps as steps, candleflow.core.indicators as indicators\n"
-            "assert not steps.COMPILED and indicators.__file__.endswith('.py'), indicators.__file__\n"
-            "from tests.core.test_compiled import CASES, history\n"
-            "print(json.dumps([history(*case) for case in CASES]))\n")
-    return run_pure_python(tmp_path, code)
-
-
 @needs_compiled
 def test_the_compiled_engine_matches_the_pure_python_sources_bit_for_bit(tmp_path):
     assert all(not module.__file__.endswith(".py") for module in COMPILED_MODULES)
     compiled = [history(*case) for case in CASES]
-    pure = pure_python_histories(tmp_path)
+    pure = pure_python_results(tmp_path, __name__, "history", [m.__name__ for m in COMPILED_MODULES])
     for case, mine, theirs in zip(CASES, compiled, pure, strict=True):
         if mine != theirs:
             entries = zip(json.loads(mine), json.loads(theirs), strict=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import types
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -24,7 +23,7 @@ from candleflow.exchanges import binance, fastpath, kraken
 from candleflow.exchanges.base import FrameError
 from candleflow.exchanges.times import rfc3339_ms
 from candleflow.records import Trade
-from tests.fixtures.pure_python import run_pure_python
+from tests.fixtures.pure_python import pure_python_results
 
 needs_compiled = pytest.mark.skipif(
     not fastpath.COMPILED, reason="the compiled ingest hot path is not built here (pure-Python install): "
@@ -237,20 +236,11 @@ def outcome(kind: str, seed: int, n: int) -> str:
     return json.dumps({"parsing": parsing, "flowing": flowing, "replaying": replaying}[kind](seed, n))
 
 
-def pure_python_outcomes(tmp_path: Path) -> list[str]:
-    """`outcome` of every case, run by the package's pure-Python sources: a copy without extensions."""
-    code = ("import json, candleflow.exchanges.fastpath as fastpath\n"
-            "assert not fastpath.COMPILED and fastpath.__file__.endswith('.py'), fastpath.__file__\n"
-            "from tests.exchanges.test_compiled_ingest import CASES, outcome\n"
-            "print(json.dumps([outcome(*case) for case in CASES]))\n")
-    return run_pure_python(tmp_path, code)
-
-
 @needs_compiled
 def test_the_compiled_ingest_path_matches_the_pure_python_source(tmp_path):
     assert not fastpath.__file__.endswith(".py")
     compiled = [outcome(*case) for case in CASES]
-    pure = pure_python_outcomes(tmp_path)
+    pure = pure_python_results(tmp_path, __name__, "outcome", [fastpath.__name__])
     for case, mine, theirs in zip(CASES, compiled, pure, strict=True):
         if mine != theirs:
             entries = zip(json.loads(mine), json.loads(theirs), strict=True)
