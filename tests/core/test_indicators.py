@@ -172,6 +172,28 @@ def test_any_other_talib_function_falls_back_to_exact_replay(spec):
     assert_parity(indicators, make_candles(150, seed=31), restarts={75})
 
 
+@pytest.mark.parametrize(("price", "vol"), [(1e9, 1e-9), (1e9, 1e-6), (100.0, 1e-3), (0.05, 1e-2), (1e5, 1e-12)])
+def test_window_variance_is_accurate_whatever_the_magnitude(price, vol):
+    """VAR (and so STDDEV and BBANDS) within a few units in the last place of the exact variance of
+    the window, computed in rationals: prices far from zero with a tiny spread are where a
+    textbook formula loses every digit (TA-Lib itself is ~1e-12 off there, hence REL = 1e-9)."""
+    from fractions import Fraction
+
+    from candleflow.core.indicators import VAR
+
+    values = price * np.exp(np.cumsum(np.random.default_rng(3).normal(0.0, vol, 200)))
+    var = VAR(20)
+    for k, value in enumerate(values.tolist()):
+        got = var.step(value)
+        if k < 19:
+            assert math.isnan(got)
+            continue
+        window = [Fraction(v) for v in values[k - 19:k + 1].tolist()]
+        mean = sum(window) / 20
+        exact = float(sum((v - mean) ** 2 for v in window) / 20)
+        assert abs(got - exact) <= 8 * math.ulp(exact), (k, got, exact)
+
+
 @pytest.mark.parametrize("indicator", DEFAULT, ids=lambda ind: ind.function)
 def test_talib_output_at_k_depends_only_on_inputs_up_to_k(indicator):
     # The premise of comparing against one batch run: the prefix run gives the same rows.
