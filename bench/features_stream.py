@@ -189,7 +189,12 @@ def bench_service(bootstrap: str, candles, guarantee: str, workdir: Path, source
     create_topics(settings.kafka, settings.topics.all())
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
     for i, candle in enumerate(candles):
-        producer.produce(settings.topics.candles.name, key=candle.key, value=encode(candle))
+        while True:
+            try:
+                producer.produce(settings.topics.candles.name, key=candle.key, value=encode(candle))
+                break
+            except BufferError:  # more candles than the local queue holds (--candles-per-market)
+                producer.poll(0.1)
         if i % 10_000 == 0:
             producer.poll(0)
     producer.flush(60)
@@ -342,35 +347,30 @@ def bench_quix_passthrough(bootstrap: str, candles, workdir: Path) -> dict:
     return result
 
 
-# Where the time goes, measured separately (not by this script) on 2026-11-25 with cProfile of the
-# service process (compiled engine, batched runtime, exactly-once, 30 markets x 2,000 candles).
+# Where the time goes, measured separately (not by this script) on 2026-11-26 with perf of the
+# service process (compiled engine, batched runtime, exactly-once, 30 markets x 5,000 candles).
 PROFILE_NOTES = """\
 Where the time goes (perf of the whole service process, exactly-once, this version): the main Python
-thread ~92% of the process's CPU, librdkafka's threads ~5%, the kernel ~3.5%. By code: the compiled
-engine ~16% plus ~5% in math.fsum (the exactly rounded window sums of VAR/STDDEV/BBANDS); msgspec
-~10% (candle decode, and the Features row encode, mostly formatting ~50 floats as shortest
-round-trip text); interpreted Python (the processor and the batch loop) ~10% self; the rest is the
-interpreter's object work (allocation, dicts, calls) around them.
+thread ~89% of the process's CPU, librdkafka's threads ~11%. By code: the interpreter ~46% (the
+processor and the batch loop, and the object work around everything: allocation, dicts, calls);
+the compiled engine ~18%; msgspec ~12% (candle decode, and the Features row encode, mostly
+formatting ~50 floats as shortest round-trip text); libc ~9% (copies, malloc); the kernel ~7%;
+librdkafka ~5%.
 
-What changed from the previous version (its figures above), each measured before it was kept:
-- the engine fills each row as a list by slot (`FeatureEngine.update_values`; `update()` still returns
-  the dict) and the service encodes it through a msgspec Struct made once per feature layout, so the
-  ~50 field names are encoded once instead of for every row: the processor alone went from ~39 to
-  ~28 us CPU/candle (interleaved runs above, which include the next two items);
-- candle counts reach Prometheus once per batch (a counter increment takes a lock);
-- Python's cyclic garbage collector runs between batches only, every 30 s (the loop's garbage is
-  acyclic): left automatic it cost ~3 us per candle (young-object scans every few hundred allocations,
-  a full collection every few batches);
-- the producer lingers 100 ms instead of 5 ms: every batch ends with a commit (or a flush), which sends
-  at once regardless of linger, so this costs no latency, and within a batch the producer sends full
-  1 MB batches: the kernel's share of the service's CPU fell from ~16% to ~3.5% (perf), with the
-  context switches between the main thread and librdkafka's.
+What changed from the previous version (its figures above): the window variance behind VAR, STDDEV
+and BBANDS (`_window_variance` in core/indicators.py) is the corrected two-pass algorithm in plain
+float loops instead of two exactly rounded sums (math.fsum) over a list of squared deviations: the
+engine alone went from ~14 to ~11 us CPU/candle, the service from ~43 to ~35 (interleaved runs above).
+The result is at least as accurate: within a few units in the last place of the exact variance at
+any magnitude, tested against rational arithmetic (the old way was up to ~1e8 units in the last
+place off for prices near 1e5 moving by 1e-12, where the variance is tiny).
 
 Why runs vary: on this 2-core machine the broker (Java), the service and the reader of `features` share
 the two cores, so the service gets what the broker leaves (see the exactly-once runs above); the CPU
-time per candle is the steadier figure. The service needs ~35-45 us CPU per candle, i.e. 22-28k
-candles/s of one core; the broker spends about as much again per candle (measured from /proc while the
-service ran against a shared broker: 32-47 us), so at 20k candles/s the two cores are close to full.
+time per candle is the steadier figure. The service needs ~32-38 us CPU per candle, i.e. 26-31k
+candles/s of one core; the broker spends nearly as much again per candle (measured from /proc while
+the service ran against a shared broker: 21-36 us), so at 20-25k candles/s the two cores are close to
+full.
 
 Why not Quix Streams: the pass-through figures above (a stateful Quix app that does no maths tops out
 below the target)."""
