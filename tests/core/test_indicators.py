@@ -214,6 +214,11 @@ def test_preview_does_not_change_the_state():
     preview = engine.preview(candles[150])
     assert json.dumps(engine.to_state()) == before
     assert preview == engine.update(candles[150])
+    # Several previews between closes (an open candle growing), each from the state as it is then.
+    for candle in candles[151:]:
+        for partial in (candles[0], candles[1], candle):
+            preview = engine.preview(partial)
+        assert preview == engine.update(candle)
 
 
 def test_state_is_plain_json_and_rejects_another_configuration():

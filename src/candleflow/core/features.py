@@ -439,6 +439,7 @@ class FeatureEngine:
         self.candle_features = tuple(candle_features)
         self.count = 0
         self.prev_close = math.nan
+        self._spare: FeatureEngine | None = None  # see preview()
         self.columns = [name for ind in self.indicators for name in ind.columns] + list(self.candle_features)
         # The row is filled as a list, one slot per column in this order (see update_values).
         self._empty_row: list[float | None] = [None] * len(self.columns)
@@ -520,10 +521,18 @@ class FeatureEngine:
         return row
 
     def preview(self, candle: Any) -> dict[str, float | None]:
-        """The row `candle` would get if it closed now; the engine itself is left unchanged."""
-        clone = FeatureEngine(self.indicators, self.candle_features)
-        clone.load_state(self.to_state())
-        return clone.update(candle)
+        """The row `candle` would get if it closed now; the engine itself is left unchanged.
+
+        The row comes from a spare engine of the same layout, set to this one's state: made
+        once (building an engine costs several times what loading a state does), then reloaded
+        on every call from a copy of the state (MessagePack, as the service stores it)."""
+        import msgspec
+
+        spare = self._spare
+        if spare is None:
+            spare = self._spare = FeatureEngine(self.indicators, self.candle_features)
+        spare.load_state(msgspec.msgpack.decode(msgspec.msgpack.encode(self.raw_state())))
+        return spare.update(candle)
 
     def raw_state(self) -> dict[str, Any]:
         """The state with live references (no copies, NaN kept): encode it at once, as the
