@@ -214,10 +214,12 @@ def test_preview_does_not_change_the_state():
     preview = engine.preview(candles[150])
     assert json.dumps(engine.to_state()) == before
     assert preview == engine.update(candles[150])
-    # Several previews between closes (an open candle growing), each from the state as it is then.
+    # Several previews between closes (an open candle growing), each from the state as it is then,
+    # in one spare engine reused for every call (as the service does, one per layout).
+    spare = FeatureEngine(DEFAULT)
     for candle in candles[151:]:
         for partial in (candles[0], candles[1], candle):
-            preview = engine.preview(partial)
+            preview = engine.preview(partial, spare)
         assert preview == engine.update(candle)
 
 

@@ -182,6 +182,27 @@ def test_partial_rows_are_provisional_and_leave_the_state_alone(settings_factory
     assert {k: v for k, v in provisional.items() if k != "provisional"} == final_row
 
 
+def test_partial_rows_of_keys_taking_turns_are_each_their_own(settings_factory):
+    """Provisional rows of several keys of one timeframe are computed in one spare engine: each
+    row must still be its own key's, equal to the row the candle gets when it closes."""
+    settings = settings_factory(partitions=1)
+    processor = FeaturesProcessor(settings)
+    series = {symbol: key_candles("kraken", symbol, 70, seed) for symbol, seed in (("BTC/USD", 3), ("ETH/USD", 4))}
+    states = {symbol: DictState() for symbol in series}
+    for k in range(70):
+        provisional = {}
+        for symbol, candles in series.items():
+            if k >= 40:
+                [(_, value)] = processor.partial(encode(candles[k]), candles[k].key)
+                provisional[symbol] = decode_features(value)
+        for symbol, candles in series.items():
+            [(_, final)] = processor.final(encode(candles[k]), candles[k].key, states[symbol])
+            if symbol in provisional:
+                row = provisional[symbol]
+                assert row.pop("provisional") is True
+                assert row == json.loads(final), (symbol, k)
+
+
 def test_engine_restored_from_the_store_when_the_cache_is_behind(settings_factory):
     """After an aborted transaction the store is the truth: a cache that ran ahead is not reused."""
     settings = settings_factory(partitions=1)

@@ -385,8 +385,8 @@ _state_reader_factories: dict[tuple[Any, ...], Any] = {}
 
 def _steps_factory(calls: tuple[tuple[tuple[str, ...], tuple[tuple[int, int], ...]], ...]) -> Any:
     """For FeatureEngine._compile_steps: a function that takes the indicators' update methods and
-    returns the straight-line step function; compiled once per indicator layout (engines are
-    also built for every provisional row)."""
+    returns the straight-line step function; compiled once per indicator layout, not for every
+    engine."""
     factory = _steps_factories.get(calls)
     if factory is None:
         updates = [f"update_{number}" for number in range(len(calls))]
@@ -439,7 +439,6 @@ class FeatureEngine:
         self.candle_features = tuple(candle_features)
         self.count = 0
         self.prev_close = math.nan
-        self._spare: FeatureEngine | None = None  # see preview()
         self.columns = [name for ind in self.indicators for name in ind.columns] + list(self.candle_features)
         # The row is filled as a list, one slot per column in this order (see update_values).
         self._empty_row: list[float | None] = [None] * len(self.columns)
@@ -520,17 +519,17 @@ class FeatureEngine:
         self.prev_close = values[CLOSE]
         return row
 
-    def preview(self, candle: Any) -> dict[str, float | None]:
+    def preview(self, candle: Any, spare: FeatureEngine | None = None) -> dict[str, float | None]:
         """The row `candle` would get if it closed now; the engine itself is left unchanged.
 
-        The row comes from a spare engine of the same layout, set to this one's state: made
-        once (building an engine costs several times what loading a state does), then reloaded
-        on every call from a copy of the state (MessagePack, as the service stores it)."""
+        The row is computed in `spare`, an engine of the same layout whose own state is
+        overwritten with a copy of this one's (MessagePack, as the service stores it); a new
+        engine by default. Building an engine costs several times what loading a state does,
+        so a caller previewing often keeps one spare per layout and passes it every time."""
         import msgspec
 
-        spare = self._spare
         if spare is None:
-            spare = self._spare = FeatureEngine(self.indicators, self.candle_features)
+            spare = FeatureEngine(self.indicators, self.candle_features)
         spare.load_state(msgspec.msgpack.decode(msgspec.msgpack.encode(self.raw_state())))
         return spare.update(candle)
 

@@ -853,15 +853,15 @@ class ATR(Incremental):
 def _window_variance(window: list[float]) -> float:
     """Population variance of a window: the corrected two-pass algorithm (Chan, Golub & LeVeque).
 
-    TA-Lib 0.8's VAR/STDDEV/BBANDS are accurate to ~1e-14 relative (no
+    TA-Lib 0.8's VAR/STDDEV/BBANDS are accurate to ~1e-12 relative or better (no
     cancellation between running sums of x and x²), so the streaming side
     computes the variance accurately from the window rather than reproducing
     an error-prone recurrence. The deviations from the computed mean are
     nearly exact (each value is close to the mean), and the correction term
     (their sum, squared, over n) removes the error of the mean itself to first
     order: the result is within a few units in the last place of the exact
-    variance whatever the prices' magnitude (tests/core/test_indicators.py),
-    with plain float loops.
+    variance whatever the prices' magnitude, up to where the squared deviations
+    overflow (~1e154; tests/core/test_indicators.py), with plain float loops.
     """
     period = len(window)
     total = 0.0

@@ -97,6 +97,7 @@ class FeaturesProcessor:
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_size = cache_size
         self._row_encoders: dict[str, RowEncoder] = {}
+        self._preview_engines: dict[str, FeatureEngine] = {}  # timeframe -> where provisional rows are computed
         self._candles_topic = settings.topics.candles.name
         self._partial_topic = settings.topics.candles_partial.name
         self._timeframe_ms: dict[str, int] = {}
@@ -211,7 +212,7 @@ class FeaturesProcessor:
         return engine, saved.last_start_ms
 
     def partial(self, raw: bytes, key: str) -> list[tuple[str, bytes]]:
-        """A still-open candle: a provisional row from a copy of the engine; nothing is stored."""
+        """A still-open candle: a provisional row from a copy of the key's engine; nothing is stored."""
         candle = self._decode(raw, key, self._partial_topic)
         if isinstance(candle, list):
             return candle
@@ -219,8 +220,11 @@ class FeaturesProcessor:
         if cached is None or candle.start_ms <= cached.last_start_ms:
             PARTIALS_SKIPPED.inc()
             return []
+        spare = self._preview_engines.get(candle.timeframe)
+        if spare is None:  # one per timeframe's layout, whatever the number of keys
+            spare = self._preview_engines[candle.timeframe] = self._engine_for(candle.timeframe)
         row = to_dict(candle)
-        row.update(cached.engine.preview(candle))
+        row.update(cached.engine.preview(candle, spare))
         row["provisional"] = True
         PARTIALS_OUT.inc()
         return [(PARTIAL, encode(row))]
