@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candleflow.exchanges import binance, kraken
+from candleflow.exchanges.fastpath import KRAKEN_TRADE_PREFIX
 
 _numbers = (st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e12)
             | st.integers(min_value=-5, max_value=10**9)
@@ -44,7 +45,7 @@ def _drop_none(entry: dict) -> dict:
 def test_kraken_fast_path_equals_the_general_path(entries: list[dict], kind: str) -> None:
     frame = json.dumps({"channel": "trade", "type": kind, "data": [_drop_none(e) for e in entries]},
                        separators=(",", ":")).encode()
-    assert frame.startswith(kraken._TRADE_PREFIX)
+    assert frame.startswith(KRAKEN_TRADE_PREFIX)  # the fast path is tried
     assert _outcome(kraken.parse_frame(frame, 7)) == _outcome(kraken.parse_frame(b" " + frame, 7))
 
 

@@ -126,10 +126,9 @@ fast_trades = _fast.trades
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
     """One websocket frame (raw or combined endpoint) -> ParseResult. Never raises."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-    if data.startswith(b'{"e":"trade"'):  # the raw endpoint's usual frame: one decode, not two
-        trade = _fast.trade(data, recv_ms)
-        if trade is not None:
-            return ParseResult(trades=[trade], control=[], errors=[])
+    trade = _fast.trade(data, recv_ms)  # the raw endpoint's usual frame: one decode, not two
+    if trade is not None:
+        return ParseResult(trades=[trade], control=[], errors=[])
     result = ParseResult()
     env = decode_envelope(_envelope, data, result)
     if env is None:

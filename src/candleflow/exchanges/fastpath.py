@@ -23,7 +23,7 @@ from typing import Any, Final, final
 from candleflow.exchanges.base import FrameError
 from candleflow.exchanges.fields import NUMBER_TEXT
 from candleflow.exchanges.symbols import from_concatenated, from_separated
-from candleflow.records import Trade
+from candleflow.records import Trade, trade_key
 
 _SYMBOL_CACHE_SIZE: Final = 4096  # venue symbols remembered per adapter (as the adapters' lru_cache)
 _MINUTE_CACHE_SIZE: Final = 4096  # RFC 3339 minutes remembered
@@ -204,7 +204,7 @@ class _Symbols:
 
 # ---- Kraken WebSocket v2 ------------------------------------------------------------------------
 
-_KRAKEN_PREFIX: Final = b'{"channel":"trade"'
+KRAKEN_TRADE_PREFIX: Final = b'{"channel":"trade"'
 
 
 @final
@@ -222,7 +222,7 @@ class KrakenTrades:
 
     def trades(self, data: object, recv_ms: int) -> list[Trade] | None:
         """The trades of the frame `data` (bytes), or None: use the adapter's parse_frame."""
-        if not isinstance(data, bytes) or not data.startswith(_KRAKEN_PREFIX):
+        if not isinstance(data, bytes):
             return None
         message = self._message(data)
         if message is None:
@@ -240,6 +240,8 @@ class KrakenTrades:
         return trades, message.type == "snapshot"
 
     def _message(self, data: bytes) -> Any:
+        if not data.startswith(KRAKEN_TRADE_PREFIX):  # not a trade message, or not in the usual form
+            return None
         try:
             message = self.decode(data)
         except ValueError:  # msgspec's DecodeError and ValidationError
@@ -275,7 +277,7 @@ class KrakenTrades:
 
 # ---- Binance --------------------------------------------------------------------------------------
 
-_BINANCE_PREFIX: Final = b'{"e":"trade"'
+BINANCE_TRADE_PREFIX: Final = b'{"e":"trade"'
 
 
 @final
@@ -292,12 +294,15 @@ class BinanceTrades:
 
     def trades(self, data: object, recv_ms: int) -> list[Trade] | None:
         """The trade of the frame `data` (bytes) as a list, or None: use the adapter's parse_frame."""
-        if not isinstance(data, bytes) or not data.startswith(_BINANCE_PREFIX):
+        if not isinstance(data, bytes):
             return None
         trade = self.trade(data, recv_ms)
         return None if trade is None else [trade]
 
     def trade(self, data: bytes, recv_ms: int) -> Trade | None:
+        """The Trade of the frame `data`, or None (parse_frame's fast path)."""
+        if not data.startswith(BINANCE_TRADE_PREFIX):  # not the raw endpoint's trade event in the usual form
+            return None
         try:
             wire = self.decode(data)
         except ValueError:  # msgspec's DecodeError and ValidationError
@@ -374,11 +379,6 @@ class TradeDedup:
 
 # ---- publication ----------------------------------------------------------------------------------
 
-def trade_kafka_key(exchange: str, symbol: str) -> bytes:
-    """records.trade_key as the Kafka message key."""
-    return f"{exchange}:{symbol}".encode()
-
-
 @final
 class TradeProducer:
     """Trades into Kafka keyed ``exchange:symbol``: encode, produce, count (the per-trade part of Publisher)."""
@@ -399,7 +399,7 @@ class TradeProducer:
         key = (exchange, symbol)
         found = self.keys.get(key)
         if found is None:
-            found = self.keys[key] = trade_kafka_key(exchange, symbol)
+            found = self.keys[key] = trade_key(exchange, symbol).encode()  # once per symbol
         return found
 
     def trade(self, trade: Trade, kafka_key: bytes) -> None:

@@ -92,7 +92,6 @@ class _TradeMessage(msgspec.Struct):
 _envelope = msgspec.json.Decoder(_Envelope)
 _ws_trade = msgspec.json.Decoder(_WsTrade)
 _trade_message = msgspec.json.Decoder(_TradeMessage)
-_TRADE_PREFIX = b'{"channel":"trade"'
 
 
 @functools.lru_cache(maxsize=4096)
@@ -165,10 +164,9 @@ fast_trades = _fast.trades
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
     """One websocket frame -> trades, control notices and errors. Never raises."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-    if data.startswith(_TRADE_PREFIX):
-        fast = _fast.parse(data, recv_ms)
-        if fast is not None:
-            return ParseResult(trades=fast[0], snapshot=fast[1])
+    fast = _fast.parse(data, recv_ms)
+    if fast is not None:
+        return ParseResult(trades=fast[0], snapshot=fast[1])
     result = ParseResult()
     env = decode_envelope(_envelope, data, result)
     if env is None:
