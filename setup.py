@@ -27,11 +27,10 @@ from setuptools.command.build_ext import build_ext
 
 COMPILED_MODULES = ["src/candleflow/core/indicators.py", "src/candleflow/core/steps.py",
                     "src/candleflow/exchanges/fastpath.py"]  # the ingest hot path
+GROUP = "candleflow_core"  # mypyc's name for the shared library of the compiled modules
 # What an in-place build leaves in src/: an extension per module and their shared library.
-INPLACE_BUILDS = ["src/candleflow/core/indicators.*.so", "src/candleflow/core/steps.*.so",
-                  "src/candleflow/core/indicators.*.pyd", "src/candleflow/core/steps.*.pyd",
-                  "src/candleflow/exchanges/fastpath.*.so", "src/candleflow/exchanges/fastpath.*.pyd",
-                  "src/candleflow_core__mypyc.*.so", "src/candleflow_core__mypyc.*.pyd"]
+_BUILT_STEMS = [path.removesuffix(".py") for path in COMPILED_MODULES] + [f"src/{GROUP}__mypyc"]
+INPLACE_BUILDS = [f"{stem}.*.{ext}" for stem in _BUILT_STEMS for ext in ("so", "pyd")]
 
 
 def remove_inplace_builds() -> None:
@@ -72,7 +71,7 @@ def compiled_extensions() -> list:
     # ...), which pip may not have installed yet when it builds this package: mypy reads those
     # imports as Any instead of failing, and reports errors only in the compiled modules.
     options = ["--ignore-missing-imports", "--follow-imports=silent"]
-    extensions = mypycify([*options, *COMPILED_MODULES], opt_level="3", group_name="candleflow_core")
+    extensions = mypycify([*options, *COMPILED_MODULES], opt_level="3", group_name=GROUP)
     if sys.platform != "win32":
         for ext in extensions:
             # No fused multiply-add, which compilers emit by default on some platforms (aarch64):
