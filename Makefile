@@ -2,6 +2,8 @@
 # Both create the virtual environment and install everything they need first.
 
 PYTHON ?= python3
+# rustup's cargo, for the Rust frame parser of ingest (setup.py; skipped when there is no cargo)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -14,10 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,redis]"
 	@touch $@ $(CORE_STAMP)
 
-# The compiled hot paths (setup.py: mypyc) are built in place by the editable install, and
-# rebuilt whenever their sources change, so a stale build never shadows an edited source file.
+# The compiled hot paths (setup.py: mypyc, and Rust for native/) are built in place by the editable
+# install, and rebuilt whenever their sources change, so a stale build never shadows an edited source.
 CORE_SOURCES := setup.py src/candleflow/core/indicators.py src/candleflow/core/steps.py \
-                src/candleflow/exchanges/fastpath.py
+                src/candleflow/exchanges/fastpath.py native/Cargo.toml native/Cargo.lock native/src/lib.rs
 CORE_STAMP   := $(VENV)/.core-built
 
 $(CORE_STAMP): $(CORE_SOURCES) | $(STAMP)
@@ -54,5 +56,5 @@ bench: install
 
 clean:
 	-$(BIN)/candleflow kafka stop
-	rm -rf $(VENV) .candleflow .pytest_cache build .mypy_cache
+	rm -rf $(VENV) .candleflow .pytest_cache build .mypy_cache native/target
 	rm -f src/candleflow_core__mypyc.*.so src/candleflow/core/*.so src/candleflow/exchanges/*.so

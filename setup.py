@@ -1,4 +1,4 @@
-"""Build step of candleflow: compiles the hot paths of the features engine and of ingest with mypyc.
+"""Build step of candleflow: compiles the hot paths of the features engine and of ingest.
 
 Everything else about the package is in pyproject.toml. The compiled modules
 (``candleflow.core.indicators`` and ``candleflow.core.steps``: the streaming
@@ -14,6 +14,13 @@ source of truth; Python imports the extension when it is there and the
 - an editable install (``pip install -e .``, ``make install``) builds the
   extensions next to the sources in ``src/``; ``make install`` rebuilds them
   whenever those sources change, so a stale build never shadows an edited file.
+
+Ingest's replay also has a Rust parser of the usual Kraken and Binance trade
+frames (``native/``, built as ``candleflow.exchanges._native`` with
+setuptools-rust and PyO3): it goes from a frame's bytes to the encoded Trade
+records without Python objects in between. It is built when a Rust toolchain
+(cargo) is there and skipped otherwise, or with ``CANDLEFLOW_PURE_PYTHON=1``;
+without it, ingest gives the same records through the mypyc fast path.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ GROUP = "candleflow_core"  # mypyc's name for the shared library of the compiled
 # What an in-place build leaves in src/: an extension per module and their shared library.
 _BUILT_STEMS = [path.removesuffix(".py") for path in COMPILED_MODULES] + [f"src/{GROUP}__mypyc"]
 INPLACE_BUILDS = [f"{stem}.*.{ext}" for stem in _BUILT_STEMS for ext in ("so", "pyd")]
+NATIVE_MODULE = "candleflow.exchanges._native"  # native/: the Rust parser of ingest's usual frames
+INPLACE_BUILDS += [f"src/{NATIVE_MODULE.replace('.', '/')}.*.{ext}" for ext in ("so", "pyd")]
 
 
 def remove_inplace_builds() -> None:
@@ -56,8 +65,12 @@ class OptionalBuildExt(build_ext):
             self.extensions = []
 
 
+def pure_python() -> bool:
+    return os.environ.get("CANDLEFLOW_PURE_PYTHON", "").strip() not in ("", "0")
+
+
 def compiled_extensions() -> list:
-    if os.environ.get("CANDLEFLOW_PURE_PYTHON", "").strip() not in ("", "0"):
+    if pure_python():
         remove_inplace_builds()
         return []
     try:
@@ -80,4 +93,16 @@ def compiled_extensions() -> list:
     return extensions
 
 
-setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+def rust_extensions() -> list:
+    if pure_python():
+        return []
+    from setuptools_rust import Binding, RustExtension
+
+    # optional: without cargo, or if the build fails, the package installs without it (and says so).
+    # --locked: the crates of native/Cargo.lock, nothing newer. debug=False: an editable install
+    # would otherwise build it unoptimised.
+    return [RustExtension(NATIVE_MODULE, path="native/Cargo.toml", binding=Binding.PyO3, optional=True,
+                          debug=False, args=["--locked"])]
+
+
+setup(ext_modules=compiled_extensions(), rust_extensions=rust_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -12,6 +12,8 @@ already encoded, produced in a bare loop by a producer with the same settings
 bench/kafka_baseline.py; the faster of the two counts). The machine may be
 shared, so ceiling and ingest are measured in the same run, alternately, for
 several repetitions; the figure is the median of the per-repetition ratios.
+When the Rust frame parser (native/) is built, each repetition also replays
+through the adapters' Python fast paths, for reference.
 
 Usage: python bench/ingest_replay.py [--trades N] [--per-frame K] [--repeat R]
 """
@@ -34,6 +36,7 @@ from _common import RESULTS, private_broker, write_results  # noqa: E402
 
 from candleflow.config import load_config  # noqa: E402
 from candleflow.exchanges.fastpath import COMPILED  # noqa: E402
+from candleflow.exchanges.native import NATIVE  # noqa: E402
 from candleflow.exchanges.simulate import SimulatedMarket  # noqa: E402
 from candleflow.records import encode  # noqa: E402
 
@@ -100,15 +103,16 @@ def raw_produce_rate(config: dict, topic: str, messages: list[tuple[bytes, bytes
     return len(messages) / elapsed, cpu / len(messages) * 1e6
 
 
-def ingest_rate(settings, frames: list) -> tuple[float, dict]:
-    """Trades/s of ingest replaying `frames` until every trade is acknowledged."""
+def ingest_rate(settings, frames: list, native: bool = True) -> tuple[float, dict]:
+    """Trades/s of ingest replaying `frames` until every trade is acknowledged; `native`: through the
+    Rust frame parser when it is built, else through the adapters' Python fast paths."""
     from candleflow.services.ingest import IngestPipeline, Publisher, replay
 
     publisher = Publisher(settings)
     pipeline = IngestPipeline(publisher, settings.ingest.dedup_capacity)
     cpu = cpu_seconds()
     began = time.perf_counter()
-    replay(pipeline, frames, speed=None)
+    replay(pipeline, frames, speed=None, native=native)
     undelivered = publisher.flush(120)
     elapsed = time.perf_counter() - began
     cpu = cpu_seconds() - cpu
@@ -172,13 +176,20 @@ def main() -> None:
                     ingest, detail = ingest_rate(settings, frames)
                     measure_ceilings()
                 ceiling = max(ceilings.values())
-                runs.append({"ingest_trades_per_s": round(ingest),
-                             "ceiling_msgs_per_s": {k: round(v) for k, v in ceilings.items()},
-                             "ceiling_cpu_us_per_msg": {k: round(v, 2) for k, v in ceiling_cpu.items()},
-                             "ratio": round(ingest / ceiling, 3), **detail})
+                run = {"ingest_trades_per_s": round(ingest),
+                       "ceiling_msgs_per_s": {k: round(v) for k, v in ceilings.items()},
+                       "ceiling_cpu_us_per_msg": {k: round(v, 2) for k, v in ceiling_cpu.items()},
+                       "ratio": round(ingest / ceiling, 3), **detail}
+                if NATIVE is not None:  # for reference: the same replay through the Python fast paths
+                    python_path, python_detail = ingest_rate(settings, frames, native=False)
+                    run["python_path"] = {"trades_per_s": round(python_path), "ratio": round(python_path / ceiling, 3),
+                                          "cpu_us_per_trade": python_detail["ingest_cpu_us_per_trade"]}
+                runs.append(run)
                 print(f"  repetition {rep + 1}: ingest {ingest:,.0f} trades/s, ceiling "
                       + ", ".join(f"{v:,.0f} msgs/s ({k})" for k, v in ceilings.items())
-                      + f" -> {ingest / ceiling:.0%}", flush=True)
+                      + f" -> {ingest / ceiling:.0%}"
+                      + (f" (Python fast paths: {run['python_path']['ratio']:.0%})" if "python_path" in run else ""),
+                      flush=True)
     for run in runs:
         assert run["published"] == args.trades and run["dead_letters"] == 0, run
     ratio = statistics.median(r["ratio"] for r in runs)
@@ -196,15 +207,24 @@ def main() -> None:
         figures["foundation_baseline_produce_msgs_per_s"] = \
             json.loads(baseline_path.read_text())["figures"].get("produce_msgs_per_s")
     figures["compiled_hot_path"] = COMPILED  # exchanges/fastpath.py built with mypyc (setup.py), or pure Python
+    figures["native_parser"] = NATIVE is not None  # native/ (Rust) built: replay parses the usual frames with it
+    python_note = ""
+    if NATIVE is not None:
+        figures["python_path_fraction_of_ceiling"] = statistics.median(r["python_path"]["ratio"] for r in runs)
+        figures["python_path_cpu_us_per_trade"] = statistics.median(r["python_path"]["cpu_us_per_trade"] for r in runs)
+        python_note = (f" Through the Python fast paths instead of the Rust parser, in the same repetitions: "
+                       f"{figures['python_path_fraction_of_ceiling']:.0%} of the ceiling, "
+                       f"{figures['python_path_cpu_us_per_trade']:.1f} µs per trade.")
     verdict = "met" if ratio >= 0.5 else "NOT met"
     write_results("ingest_replay", figures,
                   f"Ingest replay (parse + validate + dedup + encode + idempotent produce, one process, "
+                  f"{'Rust frame parser, ' if NATIVE is not None else ''}"
                   f"{'compiled hot path' if COMPILED else 'pure Python: no compiled hot path'}): "
                   f"median {rate:,} trades/s over {args.trades:,} trades in {len(frames):,} frames = "
                   f"{ratio:.0%} of the raw produce ceiling measured in the same run "
                   f"(median {ceiling:,} msgs/s; median of {args.repeat} ceiling/ingest pairs); "
                   f"target >= 50%: {verdict}. Client CPU (all threads of the process): ingest "
-                  f"{ingest_cpu:.1f} µs per trade, raw produce {ceiling_cpu:.1f} µs per message.")
+                  f"{ingest_cpu:.1f} µs per trade, raw produce {ceiling_cpu:.1f} µs per message.{python_note}")
 
 
 if __name__ == "__main__":

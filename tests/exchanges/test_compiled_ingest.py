@@ -11,9 +11,9 @@ The staleness of the build is checked by tests/core/test_compiled.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
-import types
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from candleflow.exchanges import binance, fastpath, kraken
 from candleflow.exchanges.base import FrameError
 from candleflow.exchanges.times import rfc3339_ms
-from candleflow.records import Trade
+from candleflow.records import Trade, decode_trade
 from tests.fixtures.pure_python import pure_python_results
 
 needs_compiled = pytest.mark.skipif(
@@ -151,8 +151,14 @@ def parsing(seed: int, n: int) -> list[object]:
     return out
 
 
+def _encoded(trades: list[Trade]) -> list[tuple[str, str, int, bytes]]:
+    """Trades as the native parsers give them (the value here: the test's encoding, repr)."""
+    return [(t.symbol, t.trade_id, t.ts_ms, repr(t).encode()) for t in trades]
+
+
 def flowing(seed: int, n: int) -> list[object]:
-    """Random trades through TradeFlow (counts, de-duplication, holds, recovery) and TradeProducer."""
+    """Random trades through TradeFlow (counts, de-duplication, holds, recovery; as Trades and as
+    encoded trades) and TradeProducer."""
     rng = random.Random(seed)
     produced: list[object] = []
     recovered: list[object] = []
@@ -167,13 +173,17 @@ def flowing(seed: int, n: int) -> list[object]:
 
     delays: list[float] = []
     producer = fastpath.TradeProducer("trades", produce, produce_when_full, lambda t: repr(t).encode(), delays.append)
+    decoded: dict[bytes, Trade] = {}  # the held encoded trades come back through the flow's decode
     flow = fastpath.TradeFlow(producer, fastpath.TradeDedup(rng.choice([1, 5, 50])),
-                              lambda exchange, symbol: recovered.append([exchange, symbol]))
+                              lambda exchange, symbol: recovered.append([exchange, symbol]), decoded.__getitem__)
     out: list[object] = []
     for _ in range(n):
-        trades = [Trade(exchange=rng.choice(["kraken", "binance"]), symbol=rng.choice(["BTC/USD", "ETH/USD"]),
-                        trade_id=str(rng.randrange(60)), price=rng.uniform(1, 9), qty=1.0, side="buy",
-                        ts_ms=rng.randrange(100), recv_ms=1) for _ in range(rng.randint(0, 4))]
+        encoded = rng.random() < 0.3  # one exchange's frame from a native parser
+        one_exchange = rng.choice(["kraken", "binance"])
+        trades = [Trade(exchange=one_exchange if encoded else rng.choice(["kraken", "binance"]),
+                        symbol=rng.choice(["BTC/USD", "ETH/USD"]), trade_id=str(rng.randrange(60)),
+                        price=rng.uniform(1, 9), qty=1.0, side="buy", ts_ms=rng.randrange(100), recv_ms=1)
+                  for _ in range(rng.randint(0, 4))]
         action = rng.random()
         if action < 0.05:
             state = flow.state(rng.choice(["kraken", "binance"]), "BTC/USD")
@@ -181,20 +191,28 @@ def flowing(seed: int, n: int) -> list[object]:
             if not state.filling:
                 out.append(["released", flow.accept(state.held, False, True)])
                 state.held = []
-        recovered_now, counted = rng.random() < 0.1, rng.random() < 0.1
-        out.append([flow.accept(trades, recovered_now, counted), flow.received, flow.published, producer.produced])
+        if encoded:
+            decoded.update((repr(t).encode(), t) for t in trades)
+            out.append(["encoded", flow.accept_encoded(one_exchange, _encoded(trades)), flow.received, flow.published,
+                        producer.produced])
+        else:
+            recovered_now, counted = rng.random() < 0.1, rng.random() < 0.1
+            out.append([flow.accept(trades, recovered_now, counted), flow.received, flow.published, producer.produced])
         if rng.random() < 0.1:
-            out.append(["counts", sorted((k.decode(), v) for k, v in producer.counts.items()),
+            out.append(["counts", sorted([list(key), s.received, s.published] for key, s in flow.states.items()),
                         sorted(flow.duplicate_counts.items())])
-            producer.counts, flow.duplicate_counts = {}, {}
-    out.append(sorted([list(key), s.kafka_key.decode(), s.last_ts_ms, s.filling, len(s.held), s.received]
-                      for key, s in flow.states.items()))
+            for s in flow.states.values():
+                s.received = s.published = 0
+            flow.duplicate_counts = {}
+    out.append(sorted([list(key), s.kafka_key.decode(), s.last_ts_ms, s.filling, [repr(t) for t in s.held],
+                       s.received, s.published] for key, s in flow.states.items()))
     out += [produced, recovered, len(delays), len(flow.dedup), flow.dedup.duplicates]
     return out
 
 
-def replaying(seed: int, n: int) -> list[object]:
-    """Recorded frames through the replay loop (fastpath.replay_frames), with the recorded receive times."""
+def replaying(seed: int, n: int, encoded: bool = False) -> list[object]:
+    """Recorded frames through the replay loop (fastpath.replay_frames), with the recorded receive times;
+    `encoded`: with fast paths that give encoded trades, as the native parsers do."""
     rng = random.Random(seed)
     frames: list[object] = []
     for k in range(n):
@@ -202,25 +220,27 @@ def replaying(seed: int, n: int) -> list[object]:
         if kind < 0.03:
             frames.append(FrameError("invalid_recording", f"line {k}", b"x"))
         elif kind < 0.05:
-            frames.append(types.SimpleNamespace(exchange="nowhere", recv_ms=k, raw=b"{}"))
+            frames.append(fastpath.RecordedFrame("nowhere", k, b"{}"))
         else:
             exchange, frame = ("kraken", kraken_frame(rng)) if rng.random() < 0.5 else ("binance", binance_frame(rng))
-            frames.append(types.SimpleNamespace(exchange=exchange, recv_ms=k, raw=frame))
+            frames.append(fastpath.RecordedFrame(exchange, k, frame))
     events: list[object] = []
     fast_paths: dict[str, object] = {}
 
-    def add_exchange(frame: types.SimpleNamespace) -> bool:
+    def add_exchange(frame: fastpath.RecordedFrame) -> bool:
         events.append(["new exchange", frame.exchange])
         if frame.exchange == "nowhere":
             return False
-        fast_paths[frame.exchange] = {"kraken": kraken, "binance": binance}[frame.exchange].fast_trades
+        fast_trades = {"kraken": kraken, "binance": binance}[frame.exchange].fast_trades
+        fast_paths[frame.exchange] = (lambda raw, recv_ms: None if (trades := fast_trades(raw, recv_ms)) is None
+                                      else _encoded(trades)) if encoded else fast_trades
         return True
 
     producer = fastpath.TradeProducer("trades", lambda topic, value, key: events.append(["produce", key.decode()]),
                                       lambda topic, key, value: None, lambda t: repr(t).encode(), lambda s: None)
-    flow = fastpath.TradeFlow(producer, fastpath.TradeDedup(30), lambda exchange, symbol: None)
+    flow = fastpath.TradeFlow(producer, fastpath.TradeDedup(30), lambda exchange, symbol: None, decode_trade)
     count = fastpath.replay_frames(
-        frames, flow, fast_paths, add_exchange,
+        frames, flow, fast_paths, encoded, add_exchange,
         lambda exchange, raw, recv_ms: events.append(["general path", exchange, raw.decode("utf-8", "replace"), recv_ms]),
         lambda error: events.append(["dead letter", error.detail]),
         lambda recorded_ms: events.append(["pace", recorded_ms]),
@@ -229,11 +249,13 @@ def replaying(seed: int, n: int) -> list[object]:
 
 
 CASES = [("parsing", 1, 3_000), ("parsing", 2, 3_000), ("flowing", 3, 2_000), ("flowing", 4, 500),
-         ("replaying", 5, 2_500)]
+         ("replaying", 5, 2_500), ("replaying encoded", 6, 2_500)]
 
 
 def outcome(kind: str, seed: int, n: int) -> str:
-    return json.dumps({"parsing": parsing, "flowing": flowing, "replaying": replaying}[kind](seed, n))
+    cases = {"parsing": parsing, "flowing": flowing, "replaying": replaying,
+             "replaying encoded": functools.partial(replaying, encoded=True)}
+    return json.dumps(cases[kind](seed, n))
 
 
 @needs_compiled

@@ -14,6 +14,7 @@ import json
 import pytest
 
 from candleflow.dlq import raw_bytes
+from candleflow.records import encode
 from tests.exchanges.e2e import dead_letters, frame, published_trades, start_ingest, stop_ingest
 from tests.exchanges.fakeserver import FakeExchange
 
@@ -192,3 +193,49 @@ def test_simulate_is_deterministic_and_published(settings_factory):
     again = list(SimulatedMarket(seed=7, start_ms=0).trades(500))
     ids = sorted((t.symbol, int(t.trade_id), t.price, t.qty, t.side) for t in trades)
     assert ids == sorted((t.symbol, int(t.trade_id), t.price, t.qty, t.side) for t in again)
+
+
+def test_replay_through_the_native_parser_publishes_what_the_python_path_publishes(settings_factory, tmp_path,
+                                                                                   monkeypatch):
+    # One recording of Kraken and Binance frames, usual and malformed, with many repeated trade
+    # ids, replayed twice into fresh topics: through the Rust parser (exchanges/native.py), when
+    # it is built, and through the adapters' Python fast paths. Both topics must hold the same
+    # trades in the same order per key (recv_ms aside: replay stamps the wall clock), and the
+    # same dead letters.
+    import random
+
+    from candleflow.exchanges.native import NATIVE
+    from candleflow.services import ingest
+    from candleflow.services.ingest import IngestOptions, run
+    from tests.exchanges.test_compiled_ingest import binance_frame, kraken_frame
+
+    if NATIVE is None:
+        pytest.skip("the Rust frame parser is not built here: nothing to compare")
+    rng = random.Random(3)
+    recording = tmp_path / "mixed.jsonl"
+    with recording.open("w") as out:
+        for n in range(1_500):
+            name, raw = ("kraken", kraken_frame(rng)) if rng.random() < 0.5 else ("binance", binance_frame(rng))
+            if rng.random() < 0.5:  # the usual frame, a trade id seen now and then already
+                trade_id, price = rng.randrange(1_000), round(rng.uniform(1, 9e4), rng.randint(0, 8))
+                raw = (frame({"channel": "trade", "type": "update", "data": [{**kraken_trade(n), "trade_id": trade_id,
+                                                                             "price": price}]})
+                       if name == "kraken" else frame({**binance_event(n % 100), "t": trade_id, "p": f"{price:.8f}"}))
+                raw = raw.encode()
+            out.write(json.dumps({"exchange": name, "recv_ms": n, "frame": raw.decode()}) + "\n")
+
+    def replayed(native: object) -> tuple[dict[str, list[dict]], list[tuple[str, bytes]], object]:
+        monkeypatch.setattr(ingest, "NATIVE", native)
+        settings = settings_factory(partitions=2)
+        summary = run(settings, IngestOptions(replay=recording, speed=None))
+        per_key: dict[str, list[dict]] = {}
+        for key, trade in published_trades(settings, expected=summary.published):
+            per_key.setdefault(key, []).append({**json.loads(encode(trade)), "recv_ms": None})
+        letters = [(letter.reason, raw_bytes(letter)) for letter in dead_letters(settings, expected=summary.dead_letters)]
+        return per_key, sorted(letters), summary
+
+    native_topics, native_letters, native_summary = replayed(NATIVE)
+    python_topics, python_letters, python_summary = replayed(None)
+    assert native_summary == python_summary and native_summary.published > 500 and native_summary.dead_letters > 300
+    assert native_topics == python_topics
+    assert native_letters == python_letters

@@ -80,7 +80,9 @@ class ExchangeModule(Protocol):
 
     # Optional (Kraken, Binance): ``fast_trades(raw: bytes, recv_ms) -> list[Trade] | None``, the
     # trades of the venue's usual trade frame, or None when parse_frame must look at the frame.
-    # Ingest's replay tries it first (exchanges/fastpath.py, compiled).
+    # Ingest's replay tries it first (exchanges/fastpath.py, compiled), or, when native/ is built,
+    # ``encoded_trades(raw, recv_ms) -> list[(symbol, trade_id, ts_ms, encoded Trade)] | None``
+    # (exchanges/native.py, Rust) for the same frames.
 
     def canonical_symbol(self, venue_symbol: str) -> str: ...
 

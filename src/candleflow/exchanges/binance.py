@@ -28,6 +28,7 @@ from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
 from candleflow.exchanges.fastpath import BinanceTrades
 from candleflow.exchanges.fields import FieldError, decode_entry, known_symbol, positive_float, trade_id_text
+from candleflow.exchanges.native import NATIVE
 from candleflow.exchanges.times import epoch_ms
 from candleflow.records import Trade
 
@@ -121,6 +122,9 @@ _fast = BinanceTrades(_trade.decode, NAME)
 # The trade of the raw endpoint's usual frame (bytes) in a list, or None: use parse_frame
 # (ingest's replay calls this first).
 fast_trades = _fast.trades
+# The same frames read in Rust (native/, when built), straight to encoded Trade records
+# ``(symbol, trade_id, ts_ms, value)``, or None: ingest's replay calls this first when it is there.
+encoded_trades = NATIVE.BinanceTrades(NAME, canonical_symbol).encoded_trades if NATIVE is not None else None
 
 
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:

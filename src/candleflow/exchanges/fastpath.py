@@ -10,6 +10,10 @@ Trade, and answer None for anything else: the adapter's general parser then runs
 from scratch and names the problem, so both paths give the same result for any
 frame. msgspec structs cannot be compiled (foreign metaclass), so the adapters
 keep their wire structs and hand their decoders over.
+
+Replay reads the same usual frames with the Rust parser of ``native/`` when it is
+built (exchanges/native.py): it gives each trade already encoded, and
+TradeFlow.accept_encoded publishes it like accept() publishes a Trade.
 """
 
 from __future__ import annotations
@@ -340,36 +344,49 @@ class TradeDedup:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
-        # A set answers "seen?"; the deque remembers the order in which to forget
-        # (cheaper per trade than an OrderedDict, which keeps a linked list).
-        self._seen: set[tuple[str, ...]] = set()
-        self._order: deque[tuple[str, ...]] = deque()
+        # One set of trade ids per market answers "seen?"; two deques remember the order in which
+        # to forget, as (market's set, id) pairs. No tuple per trade: a key costs only its id
+        # string, which the trade has already, so the window takes less memory and fewer cache
+        # misses than a set of (exchange, symbol, trade_id) tuples.
+        self._ids: dict[tuple[str, str], set[str]] = {}
+        self._order_sets: deque[set[str]] = deque()
+        self._order_ids: deque[str] = deque()
         self.duplicates = 0
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._order_ids)  # each remembered id is in the order once
+
+    def ids_of(self, exchange: str, symbol: str) -> set[str]:
+        """The remembered trade ids of one market (TradeFlow keeps it with the market's state)."""
+        key = (exchange, symbol)
+        ids = self._ids.get(key)
+        if ids is None:
+            ids = self._ids[key] = set()
+        return ids
 
     def seen(self, trade: Trade) -> bool:
-        return (trade.exchange, trade.symbol, trade.trade_id) in self._seen
+        return trade.trade_id in self.ids_of(trade.exchange, trade.symbol)
 
     def add(self, trade: Trade) -> bool:
         """Remember `trade`; True when it is new, False for a duplicate."""
-        return self.add_id(trade.exchange, trade.symbol, trade.trade_id)
+        return self.add_to(self.ids_of(trade.exchange, trade.symbol), trade.trade_id)
 
     def add_id(self, exchange: str, symbol: str, trade_id: str) -> bool:
-        """`add` of a trade with these (TradeFlow has read them already)."""
-        # Typed as a tuple of any length, the key is one Python tuple (a fixed-length tuple
-        # would be a C struct, made into a new Python tuple at each use below).
-        key: tuple[str, ...] = (exchange, symbol, trade_id)
-        seen = self._seen
-        if key in seen:
+        """`add` of a trade with these."""
+        return self.add_to(self.ids_of(exchange, symbol), trade_id)
+
+    def add_to(self, ids: set[str], trade_id: str) -> bool:
+        """`add` of a trade of the market whose `ids_of` is `ids`."""
+        size = len(ids)
+        ids.add(trade_id)  # one lookup, not `in` and then add(): the sets are large, each probe a cache miss
+        if len(ids) == size:
             self.duplicates += 1
             return False
-        seen.add(key)
-        order = self._order
-        order.append(key)
+        self._order_sets.append(ids)
+        order = self._order_ids
+        order.append(trade_id)
         if len(order) > self.capacity:
-            seen.discard(order.popleft())
+            self._order_sets.popleft().discard(order.popleft())
         return True
 
     def filter(self, trades: Iterable[Trade]) -> list[Trade]:
@@ -381,7 +398,7 @@ class TradeDedup:
 
 @final
 class TradeProducer:
-    """Trades into Kafka keyed ``exchange:symbol``: encode, produce, count (the per-trade part of Publisher)."""
+    """Trades into Kafka keyed ``exchange:symbol``: encode, produce (the per-trade part of Publisher)."""
 
     def __init__(self, topic: str, produce: Callable[[str, bytes, bytes], object],
                  produce_when_full: Callable[[str, bytes, bytes], object], encode: Callable[[Trade], bytes],
@@ -392,7 +409,6 @@ class TradeProducer:
         self.encode = encode
         self.observe_delay = observe_delay  # seconds from ts_ms to the hand-off, one trade in 16
         self.produced = 0  # trades and dead letters handed to the producer
-        self.counts: dict[bytes, int] = {}  # trades produced per Kafka key since the caller last took them
         self.keys: dict[tuple[str, str], bytes] = {}
 
     def key_of(self, exchange: str, symbol: str) -> bytes:
@@ -402,43 +418,47 @@ class TradeProducer:
             found = self.keys[key] = trade_key(exchange, symbol).encode()  # once per symbol
         return found
 
-    def trade(self, trade: Trade, kafka_key: bytes) -> None:
-        value = self.encode(trade)
+    def value(self, value: bytes, kafka_key: bytes, ts_ms: int) -> None:
+        """Produce an encoded trade (event time `ts_ms`)."""
         try:
             self.produce(self.topic, value, kafka_key)
         except BufferError:
             self.produce_when_full(self.topic, kafka_key, value)
         self.produced += 1
-        counts = self.counts
-        counts[kafka_key] = counts.get(kafka_key, 0) + 1
         if not self.produced & _DELAY_SAMPLE_MASK:
             now_ms: int = time.time_ns() // 1_000_000
-            self.observe_delay(max(0.0, (now_ms - trade.ts_ms) / 1000))
+            self.observe_delay(max(0.0, (now_ms - ts_ms) / 1000))
 
 
 @final
 class SymbolState:
     """What ingest keeps per (exchange, symbol)."""
 
-    def __init__(self, exchange: str, symbol: str, kafka_key: bytes) -> None:
+    def __init__(self, exchange: str, symbol: str, kafka_key: bytes, trade_ids: set[str]) -> None:
         self.exchange = exchange
         self.symbol = symbol
         self.kafka_key = kafka_key
+        self.trade_ids = trade_ids  # the ids TradeDedup remembers for this market
         self.last_ts_ms: int | None = None  # the newest trade published
         self.filling = False  # a REST gap fill runs: live trades wait in `held`
         self.held: list[Trade] = []
-        self.received = 0  # trades received since the counts were last taken (IngestPipeline.sync_metrics)
+        # Since the counts were last taken (IngestPipeline.sync_metrics):
+        self.received = 0  # trades received
+        self.published = 0  # trades published
 
 
 @final
 class TradeFlow:
     """Count, de-duplicate and publish trades in order: IngestPipeline.accept, compiled."""
 
-    def __init__(self, producer: TradeProducer, dedup: TradeDedup, on_recovered: Callable[[str, str], object]) -> None:
+    def __init__(self, producer: TradeProducer, dedup: TradeDedup, on_recovered: Callable[[str, str], object],
+                 decode: Callable[[bytes], Trade]) -> None:
         self.producer = producer
         self.dedup = dedup
         self.on_recovered = on_recovered  # (exchange, symbol) of each recovered trade published
+        self.decode = decode  # an encoded trade -> Trade (records.decode_trade)
         self.states: dict[tuple[str, str], SymbolState] = {}
+        self.symbols: dict[str, dict[str, SymbolState]] = {}  # the same states: exchange -> symbol -> state
         self.duplicate_counts: dict[str, int] = {}  # since the counts were last taken
         self.received = 0
         self.published = 0
@@ -447,7 +467,9 @@ class TradeFlow:
         key = (exchange, symbol)
         state = self.states.get(key)
         if state is None:
-            state = self.states[key] = SymbolState(exchange, symbol, self.producer.key_of(exchange, symbol))
+            state = self.states[key] = SymbolState(exchange, symbol, self.producer.key_of(exchange, symbol),
+                                                   self.dedup.ids_of(exchange, symbol))
+            self.symbols.setdefault(exchange, {})[symbol] = state
         return state
 
     def accept(self, trades: Sequence[Trade], recovered: bool = False, counted: bool = False) -> int:
@@ -457,8 +479,7 @@ class TradeFlow:
         trades were already counted as received (held trades being released).
         """
         states = self.states
-        dedup = self.dedup
-        producer = self.producer
+        encode = self.producer.encode
         published = 0
         for trade in trades:
             exchange = trade.exchange
@@ -470,39 +491,81 @@ class TradeFlow:
                 state.received += 1
             if state.filling and not recovered:
                 state.held.append(trade)
-                continue
-            if not dedup.add_id(exchange, symbol, trade.trade_id):
-                self.duplicate_counts[exchange] = self.duplicate_counts.get(exchange, 0) + 1
-                continue
-            producer.trade(trade, state.kafka_key)
-            published += 1
-            ts_ms = trade.ts_ms
-            last = state.last_ts_ms
-            if last is None or ts_ms > last:
-                state.last_ts_ms = ts_ms
-            if recovered:
-                self.on_recovered(exchange, symbol)
+            elif self._publish(state, trade.trade_id, trade.ts_ms, encode(trade)):
+                published += 1
+                if recovered:
+                    self.on_recovered(exchange, symbol)
         if not counted:
             self.received += len(trades)
         self.published += published
         return published
 
+    def accept_encoded(self, exchange: str, trades: list[tuple[str, str, int, bytes]]) -> int:
+        """`accept` of live trades given encoded, as the native parsers give them:
+        ``(symbol, trade_id, ts_ms, value)`` each, `value` the encoded Trade."""
+        states = self.symbols.get(exchange)
+        if states is None:
+            states = self.symbols[exchange] = {}
+        published = 0
+        for symbol, trade_id, ts_ms, value in trades:
+            state = states.get(symbol)  # (not the pair: no tuple to make per trade)
+            if state is None:
+                state = self.state(exchange, symbol)
+            state.received += 1
+            if state.filling:
+                state.held.append(self.decode(value))
+            elif self._publish(state, trade_id, ts_ms, value):
+                published += 1
+        self.received += len(trades)
+        self.published += published
+        return published
+
+    def _publish(self, state: SymbolState, trade_id: str, ts_ms: int, value: bytes) -> bool:
+        """Publish one trade unless it is a duplicate; True when published."""
+        if not self.dedup.add_to(state.trade_ids, trade_id):
+            exchange = state.exchange
+            self.duplicate_counts[exchange] = self.duplicate_counts.get(exchange, 0) + 1
+            return False
+        self.producer.value(value, state.kafka_key, ts_ms)
+        state.published += 1
+        last = state.last_ts_ms
+        if last is None or ts_ms > last:
+            state.last_ts_ms = ts_ms
+        return True
+
 
 # ---- replay ---------------------------------------------------------------------------------------
 
-def replay_frames(frames: Iterable[Any], flow: TradeFlow, fast_paths: dict[str, Callable[[bytes, int], Any]],
-                  add_exchange: Callable[[Any], bool], parse_and_handle: Callable[[str, bytes, int], object],
+@final
+class RecordedFrame:
+    """One frame of a recording (services/ingest.py read_recording): a native class, so the replay
+    loop reads its fields directly."""
+
+    def __init__(self, exchange: str, recv_ms: int, raw: bytes) -> None:
+        self.exchange = exchange
+        self.recv_ms = recv_ms
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"RecordedFrame({self.exchange!r}, {self.recv_ms}, {self.raw!r})"
+
+
+def replay_frames(frames: Iterable[RecordedFrame | FrameError], flow: TradeFlow,
+                  fast_paths: dict[str, Callable[[bytes, int], Any]], encoded: bool,
+                  add_exchange: Callable[[RecordedFrame], bool], parse_and_handle: Callable[[str, bytes, int], object],
                   dead_letter: Callable[[Any], object], pace: Callable[[int], object] | None,
                   poll: Callable[[], object], stop: Any, restamp: bool) -> int:
     """The loop of ingest's replay (services/ingest.py `replay`): each recorded frame's trades into
     `flow`; returns how many frames were replayed.
 
-    `frames` yields recorded frames (exchange, recv_ms, raw) and FrameErrors (to `dead_letter`).
+    `frames` yields RecordedFrames and FrameErrors (to `dead_letter`).
     `fast_paths`: exchange -> its adapter's fast path (trades, or None: `parse_and_handle` the
-    frame); `add_exchange(frame)` fills it for a new exchange, or dead-letters the frame of an
-    unknown one and returns False. `pace(recorded recv_ms)` waits until a frame is due; `poll`
-    serves the producer every 1000 frames; `stop` (an Event, or None) ends the replay early;
-    `restamp`: the frames' recv_ms is the wall clock when they are replayed.
+    frame); `encoded`: the fast paths are the native parsers, which give encoded trades
+    (TradeFlow.accept_encoded), not Trades. `add_exchange(frame)` fills `fast_paths` for a new
+    exchange, or dead-letters the frame of an unknown one and returns False. `pace(recorded
+    recv_ms)` waits until a frame is due; `poll` serves the producer every 1000 frames; `stop`
+    (an Event, or None) ends the replay early; `restamp`: the frames' recv_ms is the wall clock
+    when they are replayed.
     """
     count = 0
     for item in frames:
@@ -511,7 +574,7 @@ def replay_frames(frames: Iterable[Any], flow: TradeFlow, fast_paths: dict[str, 
         if isinstance(item, FrameError):
             dead_letter(item)
             continue
-        exchange: str = item.exchange
+        exchange = item.exchange
         fast_trades = fast_paths.get(exchange)
         if fast_trades is None:
             if not add_exchange(item):
@@ -519,11 +582,13 @@ def replay_frames(frames: Iterable[Any], flow: TradeFlow, fast_paths: dict[str, 
             fast_trades = fast_paths[exchange]
         if pace is not None:
             pace(item.recv_ms)
-        recv_ms: int = time.time_ns() // 1_000_000 if restamp else item.recv_ms
-        raw: bytes = item.raw
+        recv_ms = time.time_ns() // 1_000_000 if restamp else item.recv_ms
+        raw = item.raw
         trades = fast_trades(raw, recv_ms)
         if trades is None:
             parse_and_handle(exchange, raw, recv_ms)
+        elif encoded:
+            flow.accept_encoded(exchange, trades)
         else:  # what IngestPipeline.handle does with a frame that has trades and no errors
             flow.accept(trades)
         count += 1

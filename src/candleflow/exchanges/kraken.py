@@ -27,6 +27,7 @@ from candleflow.exchanges import symbols
 from candleflow.exchanges.base import Control, FrameError, ParseResult, RateLimited, RestPage, decode_envelope
 from candleflow.exchanges.fastpath import KrakenTrades
 from candleflow.exchanges.fields import FieldError, decode_entry, known_symbol, positive_float, trade_id_text
+from candleflow.exchanges.native import NATIVE
 from candleflow.exchanges.times import epoch_seconds_text_ms, rfc3339_ms
 from candleflow.records import Trade
 
@@ -159,6 +160,9 @@ def _ws_trade_to_trade(entry: bytes, recv_ms: int) -> Trade:
 _fast = KrakenTrades(_trade_message.decode, NAME)
 # The trades of the usual trade frame (bytes), or None: use parse_frame (ingest's replay calls this first).
 fast_trades = _fast.trades
+# The same frames read in Rust (native/, when built), straight to encoded Trade records
+# ``(symbol, trade_id, ts_ms, value)``, or None: ingest's replay calls this first when it is there.
+encoded_trades = NATIVE.KrakenTrades(NAME, canonical_symbol).encoded_trades if NATIVE is not None else None
 
 
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:

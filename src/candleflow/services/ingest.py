@@ -36,10 +36,11 @@ from candleflow.config import ExchangeConfig, Settings
 from candleflow.exchanges import get_adapter
 from candleflow.exchanges.base import FrameError, ParseResult
 from candleflow.exchanges.dedup import TradeDedup
-from candleflow.exchanges.fastpath import SymbolState, TradeFlow, TradeProducer, replay_frames
+from candleflow.exchanges.fastpath import RecordedFrame, SymbolState, TradeFlow, TradeProducer, replay_frames
+from candleflow.exchanges.native import NATIVE
 from candleflow.log import get_logger
 from candleflow.metrics import DEAD_LETTERS
-from candleflow.records import Trade
+from candleflow.records import Trade, decode_trade
 
 log = get_logger("candleflow.ingest")
 
@@ -97,8 +98,9 @@ class Publisher:
     Kafka reports back failed deliveries only (``delivery.report.only.error``): those are
     counted, logged and kept in `failed`. What was delivered follows exactly from what
     was produced, what failed and what the producer still holds. The per-trade work
-    (key, encode, produce, count; the publish delay of one trade in 16) is
-    :class:`~candleflow.exchanges.fastpath.TradeProducer`, compiled.
+    (encode, produce; the publish delay of one trade in 16) is
+    :class:`~candleflow.exchanges.fastpath.TradeProducer`, compiled; the counts per
+    symbol are the pipeline's (IngestPipeline.sync_metrics).
     """
 
     def __init__(self, settings: Settings, producer: Any | None = None) -> None:
@@ -109,7 +111,6 @@ class Publisher:
         self.producer = producer if producer is not None else Producer(
             {**producer_config(settings), "on_delivery": self._failed_delivery})
         self.failed = 0
-        self._published_children: dict[bytes, Any] = {}
         self.trades = TradeProducer(self.trades_topic, self.producer.produce, self._produce, _encode_trade,
                                     _observe_publish_delay)
 
@@ -129,15 +130,6 @@ class Publisher:
         log.error("delivery failed", topic=msg.topic(), key=(msg.key() or b"").decode("utf-8", "replace"),
                   error=str(err))
 
-    def sync_metrics(self) -> None:
-        counts, self.trades.counts = self.trades.counts, {}
-        for key, count in counts.items():
-            child = self._published_children.get(key)
-            if child is None:
-                exchange, _, symbol = key.decode().partition(":")
-                child = self._published_children[key] = PUBLISHED.labels(exchange, symbol)
-            child.inc(count)
-
     def _produce(self, topic: str, key: str | bytes, value: bytes) -> None:
         while True:
             try:
@@ -145,11 +137,6 @@ class Publisher:
                 return
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.05)
-
-    def trade(self, trade: Trade, key: tuple[str, str] | None = None) -> None:
-        """Produce one trade keyed ``exchange:symbol``; `key` is that pair, when the caller has it."""
-        exchange, symbol = key or (trade.exchange, trade.symbol)
-        self.trades.trade(trade, self.trades.key_of(exchange, symbol))
 
     def dead_letter(self, reason: str, raw: bytes, detail: str, source: str) -> None:
         letter = dlq.dead_letter(SERVICE, reason, raw, detail=detail, source=source)
@@ -159,13 +146,10 @@ class Publisher:
 
     def poll(self, timeout: float = 0) -> None:
         self.producer.poll(timeout)
-        self.sync_metrics()
 
     def flush(self, timeout: float = 30) -> int:
         """Wait for outstanding deliveries; returns how many are still undelivered."""
-        remaining = self.producer.flush(timeout)
-        self.sync_metrics()
-        return remaining
+        return self.producer.flush(timeout)
 
 
 def _count_recovered(exchange: str, symbol: str) -> None:
@@ -183,10 +167,10 @@ class IngestPipeline:
     def __init__(self, publisher: Publisher, dedup_capacity: int = 200_000) -> None:
         self.publisher = publisher
         self.dedup = TradeDedup(dedup_capacity)
-        self.flow = TradeFlow(publisher.trades, self.dedup, _count_recovered)
+        self.flow = TradeFlow(publisher.trades, self.dedup, _count_recovered, decode_trade)
         self.state = self.flow.states  # (exchange, symbol) -> SymbolState
         self.dead_letters = 0
-        self._received_children: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}  # (received, published) counters
 
     @property
     def received(self) -> int:
@@ -199,16 +183,16 @@ class IngestPipeline:
     def sync_metrics(self) -> None:
         """Move the per-trade counts into Prometheus (cheap to call often)."""
         for key, state in self.state.items():
-            if state.received:
-                count, state.received = state.received, 0
-                child = self._received_children.get(key)
-                if child is None:
-                    child = self._received_children[key] = RECEIVED.labels(*key)
-                child.inc(count)
+            if state.received or state.published:
+                children = self._children.get(key)
+                if children is None:
+                    children = self._children[key] = (RECEIVED.labels(*key), PUBLISHED.labels(*key))
+                children[0].inc(state.received)
+                children[1].inc(state.published)
+                state.received = state.published = 0
         duplicates, self.flow.duplicate_counts = self.flow.duplicate_counts, {}
         for exchange, count in duplicates.items():
             DUPLICATES.labels(exchange).inc(count)
-        self.publisher.sync_metrics()
 
     def poll(self) -> None:
         self.publisher.poll(0)
@@ -278,13 +262,6 @@ class Recorder:
         self.file.close()
 
 
-@dataclass
-class RecordedFrame:
-    exchange: str
-    recv_ms: int
-    raw: bytes
-
-
 def read_recording(path: Path) -> Iterator[RecordedFrame | FrameError]:
     """The frames of a recording; a damaged line comes back as a FrameError."""
     with open(path, "rb") as handle:
@@ -321,14 +298,17 @@ def _pacer(speed: float) -> Callable[[int], None]:
 
 
 def replay(pipeline: IngestPipeline, frames: Iterable[RecordedFrame | FrameError], *, speed: float | None,
-           stop: Any = None, restamp: bool = True) -> int:
+           stop: Any = None, restamp: bool = True, native: bool = True) -> int:
     """Publish recorded frames as if live; speed None = as fast as possible. Returns frames replayed.
 
     The loop itself is compiled (fastpath.replay_frames); the usual trade frame of an adapter
-    with a fast path (`fast_trades`) goes from its text to Kafka without a Python call.
+    with a fast path goes from its text to Kafka without a Python call: through the adapter's
+    native parser (`encoded_trades`, Rust) when that is built and `native` is true, else its
+    `fast_trades` (the same records: benchmarks compare the two).
     """
     adapters: dict[str, Any] = {}
-    fast_paths: dict[str, Any] = {}  # exchange -> its adapter's fast_trades
+    fast_paths: dict[str, Any] = {}  # exchange -> its adapter's encoded_trades or fast_trades
+    encoded = native and NATIVE is not None
 
     def add_exchange(frame: RecordedFrame) -> bool:
         try:
@@ -336,7 +316,8 @@ def replay(pipeline: IngestPipeline, frames: Iterable[RecordedFrame | FrameError
         except ValueError as exc:
             pipeline.error("replay", FrameError("unknown_exchange", str(exc), frame.raw))
             return False
-        fast_paths[frame.exchange] = getattr(adapter, "fast_trades", _no_fast_path)
+        fast_paths[frame.exchange] = getattr(adapter, "encoded_trades" if encoded else "fast_trades", None) \
+            or _no_fast_path
         return True
 
     def parse_and_handle(exchange: str, raw: bytes, recv_ms: int) -> None:
@@ -345,7 +326,7 @@ def replay(pipeline: IngestPipeline, frames: Iterable[RecordedFrame | FrameError
     def dead_letter(error: FrameError) -> None:
         pipeline.error("replay", error)
 
-    count = replay_frames(frames, pipeline.flow, fast_paths, add_exchange, parse_and_handle, dead_letter,
+    count = replay_frames(frames, pipeline.flow, fast_paths, encoded, add_exchange, parse_and_handle, dead_letter,
                           None if speed is None else _pacer(speed), pipeline.poll, stop, restamp)
     pipeline.sync_metrics()
     return count

@@ -1,0 +1,248 @@
+"""The Rust parsers of ingest's replay (native/: ``candleflow.exchanges._native``) give what parse_frame gives.
+
+For any frame, a native parser either answers None (the frame then takes the adapter's
+parse_frame) or the very trades parse_frame finds in it, with no error beside them, each as
+``(symbol, trade_id, ts_ms, value)`` where `value` is byte for byte ``records.encode`` of the
+Trade. Checked here on random usual and malformed frames (the generators of
+test_compiled_ingest), on hypothesis-mutated frames and bytes, on every float the encoder
+may write and on timestamps across the calendar.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from candleflow.exchanges import binance, kraken
+from candleflow.exchanges.native import NATIVE
+from candleflow.exchanges.times import rfc3339_ms
+from candleflow.records import Trade, encode
+from tests.exchanges.test_compiled_ingest import binance_frame, kraken_frame, random_time
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_native = pytest.mark.skipif(NATIVE is None, reason="the Rust frame parser is not built here (no cargo at "
+                                                         "install time): nothing to check; `make install` builds it")
+ADAPTERS = {"kraken": kraken, "binance": binance}
+
+
+def expected(adapter: object, frame: bytes, recv_ms: int) -> list[tuple[str, str, int, bytes]] | None:
+    """What a native parser may answer for `frame` besides None: parse_frame's trades, encoded."""
+    result = adapter.parse_frame(frame, recv_ms)
+    if result.errors or result.control:
+        return None
+    return [(t.symbol, t.trade_id, t.ts_ms, encode(t)) for t in result.trades]
+
+
+def check(name: str, frame: bytes, recv_ms: int = 1_700_000_000_123) -> bool:
+    """Asserts the native answer for `frame` is None or parse_frame's; True when it took the frame."""
+    adapter = ADAPTERS[name]
+    got = adapter.encoded_trades(frame, recv_ms)
+    if got is None:
+        return False
+    assert got == expected(adapter, frame, recv_ms), frame
+    return True
+
+
+def test_the_native_parser_is_built_wherever_cargo_is():
+    # setup.py skips the Rust build quietly when it fails: CI (which has cargo) must not lose it unseen.
+    if shutil.which("cargo") is None:
+        pytest.skip("no cargo here: the native parser is optional")
+    assert NATIVE is not None, "cargo is installed but candleflow.exchanges._native is not built: see `make install`"
+
+
+@needs_native
+def test_the_native_build_is_not_older_than_its_sources():
+    built = Path(NATIVE.__file__).stat().st_mtime
+    for source in [ROOT / "native" / "Cargo.toml", ROOT / "native" / "Cargo.lock", *(ROOT / "native" / "src").glob("*.rs")]:
+        assert built >= source.stat().st_mtime, f"the native build is older than {source.name}: run `make install`"
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["kraken", "binance"])
+def test_random_frames_give_what_parse_frame_gives(name):
+    rng = random.Random(11)
+    generate = kraken_frame if name == "kraken" else binance_frame
+    taken = total = 0
+    for _ in range(6_000):
+        frame = generate(rng)
+        taken += check(name, frame)
+        usual = ADAPTERS[name].fast_trades(frame, 1) is not None
+        total += usual
+    # The comparison means little unless most usual frames take the native path.
+    assert taken > 0.9 * total > 1_000, (taken, total)
+
+
+@needs_native
+def test_the_usual_frames_are_taken():
+    assert check("kraken", b'{"channel":"trade","type":"update","data":[{"symbol":"XBT/USD","side":"sell",'
+                           b'"price":4000.1,"qty":0.5,"ord_type":"market","trade_id":7,'
+                           b'"timestamp":"2023-09-25T07:49:37.708706Z"},{"symbol":"ETH/USD","side":"buy","price":1e3,'
+                           b'"qty":2,"ord_type":"limit","trade_id":"8","timestamp":"2024-02-29T23:59:59.9Z"}]}')
+    assert check("kraken", b'{"channel":"trade","type":"snapshot","data":[]}')
+    assert check("binance", b'{"e":"trade","E":1,"s":"BTCUSDT","t":12,"p":"0.001","q":"100","T":1672515782136,'
+                            b'"m":true,"M":true}')
+    [(symbol, trade_id, ts_ms, value)] = binance.encoded_trades(
+        b'{"e":"trade","E":1,"s":"ETHBTC","t":9,"p":"0.06","q":"1.5","T":1672515782136,"m":false,"M":true}', 5)
+    assert (symbol, trade_id, ts_ms) == ("ETH/BTC", "9", 1672515782136)
+    assert json.loads(value) == {"exchange": "binance", "symbol": "ETH/BTC", "trade_id": "9", "price": 0.06,
+                                 "qty": 1.5, "side": "buy", "ts_ms": 1672515782136, "recv_ms": 5}
+
+
+UNUSUAL = [  # each taken by the general path: the native parser must answer None (or parse_frame's trades)
+    b'{"channel":"trade","type":"update","data":[{"symbol":"BTC\\/USD","side":"buy","price":1,"qty":1,'
+    b'"trade_id":1,"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # an escape
+    '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,'
+    '"trade_id":"é1","timestamp":"2023-09-25T07:49:37.708Z"}]}'.encode(),  # not ASCII
+    b'{"channel":"trade","channel":"trade","data":[]}',  # a repeated field
+    b'{"channel":"trade","data":[],"method":"subscribe"}',
+    b'{"channel":"trade","data":[],"success":"yes"}',  # a field of the wrong type
+    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":1,'
+    b'"timestamp":"2023-09-25T07:49:37.708Z","ord_type":null}]}',
+    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":01,"qty":1,"trade_id":1,'
+    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # not JSON
+    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":18446744073709551616,'
+    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # beyond 64 bits
+    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":-3,'
+    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',
+    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1e400,"trade_id":1,'
+    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',
+    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":1,'
+    b'"timestamp":"2023-02-29T07:49:37.708Z"}]}',  # no such day
+    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":1,'
+    b'"timestamp":"2023-09-25T07:49:60.708Z"}]}',  # a leap second
+    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":1,'
+    b'"timestamp":"1969-12-31T23:59:59.999Z"}]}',
+    b'{"channel":"trade","data":[{"symbol":"BTCUSD","side":"buy","price":1,"qty":1,"trade_id":1,'
+    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # a symbol that does not map
+    b'{"channel":"trade","data":[{"x":' + b"[" * 40 + b"]" * 40 + b',"symbol":"BTC/USD","side":"buy","price":1,'
+    b'"qty":1,"trade_id":1,"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # nested deeper than the reader goes
+    b'{"channel":"trade","data":[]} x',
+    b'{"e":"trade","E":1.5,"s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":true}',
+    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":"1672515782136","m":true}',  # the time as text
+    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1.5\\n","q":"1","T":1,"m":true}',
+    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":1}',
+    b'{"e":"trade","s":"BTCUSDT","t":12,"p":" 1","q":"1","T":1,"m":true}',
+    b'{"e":"trade","s":"BTCUSDT","t":"","p":"1","q":"1","T":1,"m":true}',
+    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":true,"M":"x"}',
+    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":9223372036854775808,"m":true}',
+]
+
+
+@needs_native
+@pytest.mark.parametrize("frame", UNUSUAL)
+def test_unusual_frames_take_the_general_path(frame):
+    name = "kraken" if frame.startswith(b'{"channel"') else "binance"
+    assert ADAPTERS[name].encoded_trades(frame, 1) is None
+    check(name, frame)
+
+
+@needs_native
+def test_only_bytes_are_read():
+    frame = '{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":true}'
+    assert binance.encoded_trades(frame, 1) is None and binance.encoded_trades(bytearray(frame.encode()), 1) is None
+    assert binance.encoded_trades(frame.encode(), 1) is not None
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_frames_give_what_parse_frame_gives(data):
+    # One random edit of a usual frame: a byte replaced, inserted or removed, or a piece repeated.
+    name = data.draw(st.sampled_from(["kraken", "binance"]))
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    frame = bytearray(kraken_frame(rng) if name == "kraken" else binance_frame(rng))
+    at = data.draw(st.integers(0, len(frame)))
+    edit = data.draw(st.sampled_from(["replace", "insert", "delete", "repeat"]))
+    byte = data.draw(st.sampled_from(list(b' \t\n"\\:,{}[]-+.eE0123456789tfnulx') + [0, 0x1F, 0x7F, 0xC3, 0xFF]))
+    if edit == "replace" and at < len(frame):
+        frame[at] = byte
+    elif edit == "insert":
+        frame.insert(at, byte)
+    elif edit == "delete" and at < len(frame):
+        del frame[at]
+    elif edit == "repeat":
+        frame[at:at] = frame[at:at + data.draw(st.integers(1, 20))]
+    check(name, bytes(frame))
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+@example(b"")
+@example(b'{"channel":"trade"')
+@example(b'{"e":"trade"')
+def test_any_bytes_are_safe(raw):
+    for name in ADAPTERS:
+        check(name, raw)
+        check(name, b'{"channel":"trade","data":' + raw)
+        check(name, b'{"e":"trade",' + raw)
+
+
+def _positive_floats(rng: random.Random, n: int) -> list[float]:
+    """Positive finite floats across the whole range: random bit patterns and decimal prices."""
+    out = []
+    while len(out) < n:
+        value = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(63)))[0]
+        if 0.0 < value < float("inf"):
+            out.append(value)
+        out.append(round(rng.uniform(0, 1e5), rng.randint(0, 10)) or 1.0)
+    return out
+
+
+@needs_native
+def test_floats_are_written_as_records_encode_writes_them():
+    # Kraken's prices are JSON numbers: every float's shortest text goes through the native
+    # parser and comes out encoded byte for byte as msgspec encodes it.
+    rng = random.Random(5)
+    values = _positive_floats(rng, 20_000) + [5e-324, 1.7976931348623157e308, 1e16, 1e15, 1e-5, 1e-7, 0.1, 100.0]
+    for price, qty in zip(values, reversed(values), strict=True):
+        frame = (f'{{"channel":"trade","type":"update","data":[{{"symbol":"BTC/USD","side":"buy","price":{price!r},'
+                 f'"qty":{qty!r},"trade_id":1,"timestamp":"2023-09-25T07:49:37.708706Z"}}]}}').encode()
+        [(_, _, _, value)] = kraken.encoded_trades(frame, 3)
+        assert value == encode(Trade(exchange="kraken", symbol="BTC/USD", trade_id="1", price=price, qty=qty,
+                                     side="buy", ts_ms=1695628177708, recv_ms=3)), (price, qty)
+
+
+@needs_native
+def test_timestamps_are_read_as_rfc3339_ms_reads_them():
+    rng = random.Random(9)
+    times = [random_time(rng) for _ in range(20_000)]
+    times += [f"{year:04d}-{month:02d}-{day:02d}T23:59:59.999999999Z" for year in (1970, 1999, 2000, 2024, 2100, 9999)
+              for month in (1, 2, 3, 12) for day in (1, 28, 29, 30, 31)]
+    taken = 0
+    for text in times:
+        frame = (f'{{"channel":"trade","data":[{{"symbol":"BTC/USD","side":"buy","price":1.5,"qty":2,"trade_id":1,'
+                 f'"timestamp":{json.dumps(text)}}}]}}').encode()
+        got = kraken.encoded_trades(frame, 3)
+        if got is not None:
+            taken += 1
+            assert got[0][2] == rfc3339_ms(text), text
+        check("kraken", frame)
+    assert taken > 10_000
+
+
+@needs_native
+def test_decimal_texts_are_read_as_float_reads_them():
+    # Up to 15 significant digits and 22 fraction digits take an exact shortcut (one division);
+    # longer texts the full parse. Both must give float(text), bit for bit.
+    rng = random.Random(13)
+    taken = 0
+    for _ in range(30_000):
+        whole = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 12)))
+        fraction = "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 25)))
+        text = f"{whole}.{fraction}" if fraction else whole
+        frame = f'{{"e":"trade","s":"BTCUSDT","t":1,"p":"{text}","q":"{text}","T":1,"m":true}}'.encode()
+        got = binance.encoded_trades(frame, 1)
+        if got is not None:
+            taken += 1
+            trade = json.loads(got[0][3])
+            assert trade["price"].hex() == trade["qty"].hex() == float(text).hex(), text
+        check("binance", frame)
+    assert taken > 25_000
