@@ -6,12 +6,13 @@
 //! (exchanges/fastpath.py), with the same results. Safe Rust only: frames come from the
 //! network, and a parsing bug must never become a memory error.
 //!
-//! Each parser accepts only the usual frame: plain ASCII JSON without escapes, every field
-//! of the type the adapter's msgspec struct declares (kraken._TradeMessage and
-//! _FastWsTrade, binance._Trade), every entry a valid Trade. For anything else it answers
-//! None and the adapter's `parse_frame` runs from scratch and names the problem, so for
-//! any frame the outcome is what `parse_frame` gives (tests/exchanges/test_native_ingest.py
-//! checks that on random and malformed frames).
+//! Each parser accepts only the usual frame: the exchange's template (its fields in the
+//! documented order, no spaces), plain ASCII without escapes, every field of the type the
+//! adapter's msgspec struct declares (kraken._TradeMessage and _FastWsTrade, binance._Trade),
+//! every entry a valid Trade. For anything else it answers None and the adapter's
+//! `parse_frame` runs from scratch and names the problem, so for any frame the outcome is
+//! what `parse_frame` gives (tests/exchanges/test_native_ingest.py checks that on random and
+//! malformed frames).
 //!
 //! Per trade a parser returns `(symbol, trade_id, ts_ms, value)`: the canonical symbol, the
 //! exchange's trade id as text, the event time in epoch ms, and the Trade record exactly as
@@ -25,21 +26,15 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
 const SYMBOL_CACHE_SIZE: usize = 4096; // venue symbols remembered per parser (as fastpath._Symbols)
-const MAX_DEPTH: usize = 32; // nesting of a skipped value; deeper frames take the general path
 
-// ---- a strict reader of the usual frame ------------------------------------------------------
+// ---- a reader of the usual frame ---------------------------------------------------------------
+//
+// Exchanges write their trade frames from one template: the fields in the documented order,
+// no spaces. The reader follows that template and answers None at the first byte that
+// differs (another order, an extra or a missing field, whitespace, an escape, anything not
+// ASCII): such frames are rare, and the adapter's Python parsers read them.
 
-/// A JSON value's text, as far as a parser here needs to know it.
-enum Value<'a> {
-    Text(&'a str),   // a string without escapes, its content
-    Number(&'a str), // a number's literal
-    Bool(bool),
-    Null,
-    Other, // an object or an array (skipped, checked to be well-formed)
-}
-
-/// A cursor over one frame. Every method answers None for anything outside the strict
-/// subset (escapes, control characters, malformed JSON): the frame then takes the general path.
+/// A cursor over one frame.
 struct Reader<'a> {
     frame: &'a str,
     bytes: &'a [u8],
@@ -47,51 +42,45 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// A reader of an ASCII frame (None for any other: non-ASCII text takes the general path).
+    /// A reader of an ASCII frame (None for any other).
     fn new(bytes: &'a [u8]) -> Option<Self> {
         let frame = std::str::from_utf8(bytes).ok().filter(|frame| frame.is_ascii())?;
         Some(Self { frame, bytes, at: 0 })
     }
 
-    fn skip_whitespace(&mut self) {
-        while matches!(self.bytes.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.at += 1;
-        }
+    /// The template's next bytes.
+    fn literal(&mut self, expected: &[u8]) -> Option<()> {
+        let end = self.at + expected.len();
+        (self.bytes.get(self.at..end)? == expected).then(|| self.at = end)
     }
 
-    /// The next byte after whitespace, not consumed.
-    fn peek(&mut self) -> Option<u8> {
-        self.skip_whitespace();
-        self.bytes.get(self.at).copied()
-    }
-
+    /// Whether `byte` comes next (consumed if so).
     fn eat(&mut self, byte: u8) -> bool {
-        let found = self.peek() == Some(byte);
-        if found {
-            self.at += 1;
-        }
+        let found = self.bytes.get(self.at) == Some(&byte);
+        self.at += usize::from(found);
         found
     }
 
-    fn expect(&mut self, byte: u8) -> Option<()> {
-        self.eat(byte).then_some(())
+    /// The whole frame was read.
+    fn at_end(&self) -> bool {
+        self.at == self.bytes.len()
     }
 
-    /// The whole frame was read: only whitespace is left.
-    fn at_end(&mut self) -> bool {
-        self.peek().is_none()
-    }
-
-    /// A string of printable ASCII without escapes: its content.
+    /// A string's content, after its opening quote: printable ASCII without escapes, up to
+    /// and including the closing quote.
+    #[inline(never)] // one copy: inlined at each of its calls, it makes the parsers slower
     fn text(&mut self) -> Option<&'a str> {
-        self.expect(b'"')?;
+        let bytes = self.bytes;
         let start = self.at;
-        let length = self.bytes[start..].iter().position(|&byte| !PLAIN[usize::from(byte)])?;
-        if self.bytes[start + length] != b'"' {
-            return None; // an escape or a control character
+        let mut end = start;
+        while end < bytes.len() && PLAIN[usize::from(bytes[end])] {
+            end += 1;
         }
-        self.at = start + length + 1;
-        Some(&self.frame[start..start + length])
+        if bytes.get(end) != Some(&b'"') {
+            return None; // an escape, a control character, or the end of the frame
+        }
+        self.at = end + 1;
+        self.frame.get(start..end)
     }
 
     fn digits(&mut self) -> Option<()> {
@@ -104,117 +93,58 @@ impl<'a> Reader<'a> {
 
     /// A number's literal, by JSON's grammar: `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`.
     fn number(&mut self) -> Option<&'a str> {
-        self.skip_whitespace();
         let start = self.at;
-        if self.bytes.get(self.at) == Some(&b'-') {
-            self.at += 1;
-        }
-        if self.bytes.get(self.at) == Some(&b'0') {
-            self.at += 1;
-        } else {
+        self.eat(b'-');
+        if !self.eat(b'0') {
             self.digits()?;
         }
-        if self.bytes.get(self.at) == Some(&b'.') {
-            self.at += 1;
+        if self.eat(b'.') {
             self.digits()?;
         }
-        if matches!(self.bytes.get(self.at), Some(b'e' | b'E')) {
-            self.at += 1;
-            if matches!(self.bytes.get(self.at), Some(b'+' | b'-')) {
-                self.at += 1;
+        if self.eat(b'e') || self.eat(b'E') {
+            if !self.eat(b'+') {
+                self.eat(b'-');
             }
             self.digits()?;
         }
         Some(&self.frame[start..self.at])
     }
 
-    fn word(&mut self, word: &[u8]) -> Option<()> {
-        let end = self.at + word.len();
-        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
-    }
-
-    /// The next value; objects and arrays are read to their end and reported as Other.
-    fn value(&mut self, depth: usize) -> Option<Value<'a>> {
-        Some(match self.peek()? {
-            b'"' => Value::Text(self.text()?),
-            b'-' | b'0'..=b'9' => Value::Number(self.number()?),
-            b't' => self.word(b"true").map(|()| Value::Bool(true))?,
-            b'f' => self.word(b"false").map(|()| Value::Bool(false))?,
-            b'n' => self.word(b"null").map(|()| Value::Null)?,
-            b'{' if depth < MAX_DEPTH => {
-                self.object(|reader, _| reader.skip(depth + 1))?;
-                Value::Other
-            }
-            b'[' if depth < MAX_DEPTH => {
-                self.array(|reader| reader.skip(depth + 1))?;
-                Value::Other
-            }
-            _ => return None,
-        })
-    }
-
-    /// Reads past the next value (checked to be well-formed).
-    fn skip(&mut self, depth: usize) -> Option<()> {
-        self.value(depth).map(|_| ())
-    }
-
-    /// `{ "key": value, ... }`, each value read by `field(reader, key)`.
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.expect(b'{')?;
-        if self.eat(b'}') {
-            return Some(());
+    /// `true` or `false`.
+    fn boolean(&mut self) -> Option<bool> {
+        if self.literal(b"true").is_some() {
+            return Some(true);
         }
-        loop {
-            let key = self.text()?;
-            self.expect(b':')?;
-            field(self, key)?;
-            if !self.eat(b',') {
-                return self.expect(b'}');
-            }
-        }
+        self.literal(b"false").map(|()| false)
     }
 
-    /// `[ value, ... ]`, each value read by `item(reader)`.
-    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.expect(b'[')?;
-        if self.eat(b']') {
-            return Some(());
+    /// A trade id as msgspec's `int | str` reads it, as text (`str()` of it): a non-negative
+    /// integer that fits 64 bits (JSON has no leading zeros: the literal is the integer's
+    /// text) or a non-empty string. None for anything else (the general path reads it).
+    fn trade_id(&mut self) -> Option<&'a str> {
+        if self.eat(b'"') {
+            return self.text().filter(|text| !text.is_empty());
         }
-        loop {
-            item(self)?;
-            if !self.eat(b',') {
-                return self.expect(b']');
-            }
-        }
-    }
-}
-
-/// Remembers which fields an object had: a repeated field sends the frame to the general path.
-#[derive(Default)]
-struct Seen(u32);
-
-impl Seen {
-    fn first(&mut self, field: u32) -> Option<()> {
-        let bit = 1 << field;
-        let new = self.0 & bit == 0;
-        self.0 |= bit;
-        new.then_some(())
-    }
-
-    /// Whether fields 0 to `count - 1` were all there (each object numbers its required fields first).
-    fn all_of_first(&self, count: u32) -> bool {
-        let required = (1 << count) - 1;
-        self.0 & required == required
+        let literal = self.number()?;
+        unsigned(literal).map(|_| literal)
     }
 }
 
 // ---- field values ----------------------------------------------------------------------------
 
-/// A positive finite price or quantity from a number's literal or decimal text: `float(text)`
-/// (Rust's parse is correctly rounded, as CPython's float() is).
-fn positive(text: &str) -> Option<f64> {
-    let value = short_decimal(text).or_else(|| text.parse().ok())?;
-    (value > 0.0 && value.is_finite()).then_some(value)
+/// A positive finite price or quantity, and its shortest decimal digits when they are known
+/// from its text (so encoding it needs no float-to-text search).
+#[derive(Clone, Copy, Default)]
+struct Quantity {
+    value: f64,
+    digits: Option<Digits>,
+}
+
+/// `mantissa × 10^exponent`, the mantissa without trailing zeros.
+#[derive(Clone, Copy)]
+struct Digits {
+    mantissa: u64,
+    exponent: i32,
 }
 
 /// 10^k for k <= 22: exact as floats.
@@ -223,78 +153,89 @@ const EXACT_POWERS_OF_TEN: [f64; 23] = [
     1e21, 1e22,
 ];
 
-/// The value of `digits(.digits)?` below 2^53 as an integer, with at most 22 fraction digits
-/// (the usual price and quantity), else None (then `parse`). The same value as `parse` gives,
-/// for less work: the integer and the power of ten are exact floats, so one correctly rounded
-/// division gives the correctly rounded decimal (as exchanges/fastpath.py decimal_value).
-fn short_decimal(text: &str) -> Option<f64> {
-    let bytes = text.as_bytes();
-    let mut mantissa: u64 = 0;
-    let mut dot = None;
-    for (at, &byte) in bytes.iter().enumerate() {
-        if byte.is_ascii_digit() {
-            mantissa = mantissa * 10 + u64::from(byte - b'0');
-            if mantissa >= 1 << 53 {
-                return None;
-            }
-        } else if byte == b'.' && dot.is_none() && at > 0 && at + 1 < bytes.len() {
-            dot = Some(at);
-        } else {
-            return None;
-        }
-    }
-    if bytes.is_empty() {
-        return None;
-    }
-    let power = EXACT_POWERS_OF_TEN.get(dot.map_or(0, |at| bytes.len() - at - 1))?;
-    Some(mantissa as f64 / power)
-}
+/// At most this many significant digits: below 2^53, and each such decimal is the shortest
+/// text of its float (DBL_DIG: two decimals of 15 digits never round to the same double).
+const SHORT_DIGITS: u32 = 15;
 
-/// Decimal text as fields.NUMBER_TEXT means it (`-?digits(.digits)?([eE][+-]?digits)?`), as a
-/// positive finite number.
-fn number_text(text: &str) -> Option<f64> {
+/// Number text as fields.NUMBER_TEXT means it (`-?digits(.digits)?([eE][+-]?digits)?`; a JSON
+/// number's literal is one) as a positive finite quantity: the value `float(text)` gives.
+///
+/// One pass. The usual price (no sign, no exponent, at most 15 significant digits, at most 22
+/// fraction digits) is its digits as an integer divided by a power of ten: both are exact
+/// floats, so the one correctly rounded division gives the correctly rounded value (as
+/// exchanges/fastpath.py decimal_value). Any other text goes to Rust's parse, also correctly
+/// rounded, as CPython's float() is.
+fn quantity(text: &str) -> Option<Quantity> {
     let bytes = text.as_bytes();
-    let digits = |mut at: usize| -> Option<usize> {
-        let start = at;
-        while bytes.get(at).is_some_and(u8::is_ascii_digit) {
-            at += 1;
+    let mut at = usize::from(bytes.first() == Some(&b'-'));
+    let mut mantissa: u64 = 0;
+    let mut significant = 0; // digits from the first non-zero one on
+    let mut fraction_digits = 0;
+    let mut digits = |at: &mut usize, in_fraction: bool| -> Option<()> {
+        let start = *at;
+        while let Some(&byte) = bytes.get(*at).filter(|byte| byte.is_ascii_digit()) {
+            if mantissa != 0 || byte != b'0' {
+                significant += 1;
+                if significant <= SHORT_DIGITS {
+                    mantissa = mantissa * 10 + u64::from(byte - b'0');
+                }
+            }
+            fraction_digits += i32::from(in_fraction);
+            *at += 1;
         }
-        (at > start).then_some(at)
+        (*at > start).then_some(())
     };
-    let mut at = digits(usize::from(bytes.first() == Some(&b'-')))?;
+    digits(&mut at, false)?;
     if bytes.get(at) == Some(&b'.') {
-        at = digits(at + 1)?;
+        at += 1;
+        digits(&mut at, true)?;
     }
+    let short = bytes.first() != Some(&b'-') && at == bytes.len() && significant <= SHORT_DIGITS;
     if matches!(bytes.get(at), Some(b'e' | b'E')) {
         at += 1;
         if matches!(bytes.get(at), Some(b'+' | b'-')) {
             at += 1;
         }
-        at = digits(at)?;
+        let start = at;
+        while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
     }
     if at != bytes.len() {
         return None;
     }
-    positive(text)
+    let power = EXACT_POWERS_OF_TEN.get(fraction_digits as usize).filter(|_| short);
+    let value = match power {
+        Some(power) => mantissa as f64 / power,
+        None => text.parse().ok()?,
+    };
+    if !(value > 0.0 && value.is_finite()) {
+        return None;
+    }
+    let digits = power.map(|_| {
+        let (mut mantissa, mut exponent) = (mantissa, -fraction_digits);
+        while mantissa % 10 == 0 {
+            mantissa /= 10;
+            exponent += 1;
+        }
+        Digits { mantissa, exponent }
+    });
+    Some(Quantity { value, digits })
 }
 
 /// A non-negative integer literal that fits 64 bits: its value (as `int` in msgspec's `int | str`).
 fn unsigned(literal: &str) -> Option<u64> {
-    if !literal.bytes().all(|c| c.is_ascii_digit()) {
-        return None; // negative, or a fraction or an exponent
+    let bytes = literal.as_bytes();
+    if bytes.is_empty() {
+        return None;
     }
-    literal.parse().ok()
-}
-
-/// The trade id as text, as `str()` of msgspec's `int | str` gives it: a non-negative
-/// integer's literal (JSON has no leading zeros, so it is the integer's text) or a non-empty
-/// string. None for anything else.
-fn trade_id(value: Value<'_>) -> Option<&str> {
-    match value {
-        Value::Number(literal) => unsigned(literal).map(|_| literal),
-        Value::Text(text) if !text.is_empty() => Some(text),
-        _ => None,
-    }
+    bytes.iter().try_fold(0u64, |value, &byte| {
+        let digit = byte.is_ascii_digit().then(|| u64::from(byte - b'0'))?; // not a sign, fraction or exponent
+        value.checked_mul(10)?.checked_add(digit)
+    })
 }
 
 /// Epoch ms of the usual UTC timestamp `YYYY-MM-DDTHH:MM:SS.f…Z` (1 to 9 fractional digits,
@@ -377,8 +318,8 @@ fn is_plain(text: &str) -> bool {
 struct TradeFields<'a> {
     venue_symbol: &'a str,
     trade_id: &'a str,
-    price: f64,
-    qty: f64,
+    price: Quantity,
+    qty: Quantity,
     side: &'static str,
     ts_ms: i64,
 }
@@ -419,11 +360,9 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(exchange: String, canonical: Py<PyAny>) -> PyResult<Self> {
-        if exchange.is_empty() || !is_plain(&exchange) {
-            return Err(PyValueError::new_err(format!("exchange must be plain non-empty text, got {exchange:?}")));
-        }
-        Ok(Self { exchange, canonical, symbols: HashMap::default(), buffer: Vec::with_capacity(256) })
+    /// `exchange` is plain text (TradeFrames reads only the formats of named exchanges).
+    fn new(exchange: String, canonical: Py<PyAny>) -> Self {
+        Self { exchange, canonical, symbols: HashMap::default(), buffer: Vec::with_capacity(256) }
     }
 
     /// Appends `(symbol, trade_id, ts_ms, value)` to `out`; false when the venue symbol does not
@@ -466,33 +405,56 @@ impl Encoder {
 /// The Trade record as records.encode (msgspec) writes it: fields in declaration order, no
 /// spaces, floats as their shortest round-trip text in msgspec's notation.
 fn encode(out: &mut Vec<u8>, exchange: &str, symbol: &str, trade: &TradeFields, recv_ms: i64) {
-    let mut float = ryu::Buffer::new();
     let mut int = itoa::Buffer::new();
     out.clear();
-    for part in [
-        "{\"exchange\":\"",
-        exchange,
-        "\",\"symbol\":\"",
-        symbol,
-        "\",\"trade_id\":\"",
-        trade.trade_id,
-        "\",\"price\":",
-        float.format_finite(trade.price),
-    ] {
+    for part in ["{\"exchange\":\"", exchange, "\",\"symbol\":\"", symbol, "\",\"trade_id\":\"", trade.trade_id] {
         out.extend_from_slice(part.as_bytes());
     }
-    for part in [
-        ",\"qty\":",
-        float.format_finite(trade.qty),
-        ",\"side\":\"",
-        trade.side,
-        "\",\"ts_ms\":",
-        int.format(trade.ts_ms),
-    ] {
+    out.extend_from_slice(b"\",\"price\":");
+    write_float(out, trade.price);
+    out.extend_from_slice(b",\"qty\":");
+    write_float(out, trade.qty);
+    for part in [",\"side\":\"", trade.side, "\",\"ts_ms\":", int.format(trade.ts_ms)] {
         out.extend_from_slice(part.as_bytes());
     }
     for part in [",\"recv_ms\":", int.format(recv_ms), "}"] {
         out.extend_from_slice(part.as_bytes());
+    }
+}
+
+/// A positive float's shortest round-trip text in the notation of ryu's (and msgspec's)
+/// `format64`: digits and zeros around the point up to 16 digits before it and 5 zeros after
+/// it (`123.0`, `0.00012`), else an exponent (`1e-7`, `1.5e22`). From the digits the text was
+/// written with when they are known, else from ryu's search for them.
+fn write_float(out: &mut Vec<u8>, quantity: Quantity) {
+    let Some(Digits { mantissa, exponent }) = quantity.digits else {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(quantity.value).as_bytes());
+        return;
+    };
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(mantissa).as_bytes();
+    let length = digits.len() as i32;
+    let point = length + exponent; // the value is 0.digits × 10^point
+    if 0 <= exponent && point <= 16 {
+        out.extend_from_slice(digits); // 1234e2 -> 123400.0
+        out.resize(out.len() + exponent as usize, b'0');
+        out.extend_from_slice(b".0");
+    } else if 0 < point && point <= 16 {
+        out.extend_from_slice(&digits[..point as usize]); // 1234e-2 -> 12.34
+        out.push(b'.');
+        out.extend_from_slice(&digits[point as usize..]);
+    } else if -5 < point && point <= 0 {
+        out.extend_from_slice(b"0."); // 1234e-6 -> 0.001234
+        out.resize(out.len() + (-point) as usize, b'0');
+        out.extend_from_slice(digits);
+    } else {
+        out.push(digits[0]); // 1234e30 -> 1.234e33, 1e-7
+        if length > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        out.push(b'e');
+        out.extend_from_slice(itoa::Buffer::new().format(point - 1).as_bytes());
     }
 }
 
@@ -502,67 +464,115 @@ fn frame_bytes<'a>(data: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
 
 // ---- Kraken WebSocket v2 ---------------------------------------------------------------------
 
-/// Reads one entry of a trade message's `data` (kraken._FastWsTrade's fields and types).
+/// Reads one entry of a trade message's `data`:
+/// `{"symbol":"…","side":"buy|sell","price":N,"qty":N,"ord_type":"…","trade_id":N|"…","timestamp":"…"}`.
 fn kraken_entry<'a>(reader: &mut Reader<'a>) -> Option<TradeFields<'a>> {
-    let mut seen = Seen::default();
-    let mut trade = TradeFields { venue_symbol: "", trade_id: "", price: 0.0, qty: 0.0, side: "", ts_ms: 0 };
-    reader.object(|reader, key| {
-        let field = match key {
-            "symbol" => {
-                trade.venue_symbol = reader.text()?;
-                0
-            }
-            "side" => {
-                trade.side = match reader.text()? {
-                    "buy" => "buy",
-                    "sell" => "sell",
-                    _ => return None,
-                };
-                1
-            }
-            "price" => {
-                trade.price = positive(reader.number()?)?;
-                2
-            }
-            "qty" => {
-                trade.qty = positive(reader.number()?)?;
-                3
-            }
-            "trade_id" => {
-                trade.trade_id = trade_id(reader.value(0)?)?;
-                4
-            }
-            "timestamp" => {
-                trade.ts_ms = utc_ms(reader.text()?)?;
-                5
-            }
-            "ord_type" => {
-                reader.text()?;
-                6
-            }
-            _ => return reader.skip(0), // a field msgspec ignores
-        };
-        seen.first(field)
-    })?;
-    seen.all_of_first(6).then_some(trade) // all but ord_type
+    reader.literal(b"{\"symbol\":\"")?;
+    let venue_symbol = reader.text()?;
+    reader.literal(b",\"side\":\"")?;
+    let side = match reader.text()? {
+        "buy" => "buy",
+        "sell" => "sell",
+        _ => return None,
+    };
+    reader.literal(b",\"price\":")?;
+    let price = quantity(reader.number()?)?;
+    reader.literal(b",\"qty\":")?;
+    let qty = quantity(reader.number()?)?;
+    reader.literal(b",\"ord_type\":\"")?;
+    reader.text()?;
+    reader.literal(b",\"trade_id\":")?;
+    let trade_id = reader.trade_id()?;
+    reader.literal(b",\"timestamp\":\"")?;
+    let ts_ms = utc_ms(reader.text()?)?;
+    reader.literal(b"}")?;
+    Some(TradeFields { venue_symbol, trade_id, price, qty, side, ts_ms })
 }
 
-/// The usual Kraken v2 `trade` message -> its encoded trades, or None.
+/// Reads a trade message, `{"channel":"trade","type":"…"|null,"data":[entry,…]}`, handing each
+/// entry to `entry` as it goes; None as soon as anything differs.
+fn kraken_message<'a>(bytes: &'a [u8], mut entry: impl FnMut(TradeFields<'a>) -> Option<()>) -> Option<()> {
+    let mut reader = Reader::new(bytes)?;
+    reader.literal(b"{\"channel\":\"trade\",\"type\":")?;
+    if reader.eat(b'"') {
+        reader.text()?; // update or snapshot: the trades are the same
+    } else {
+        reader.literal(b"null")?;
+    }
+    reader.literal(b",\"data\":[")?;
+    if !reader.eat(b']') {
+        loop {
+            entry(kraken_entry(&mut reader)?)?;
+            if !reader.eat(b',') {
+                reader.literal(b"]")?;
+                break;
+            }
+        }
+    }
+    reader.literal(b"}")?;
+    reader.at_end().then_some(())
+}
+
+// ---- Binance ---------------------------------------------------------------------------------
+
+/// Reads the raw endpoint's trade event,
+/// `{"e":"trade","E":N,"s":"…","t":N|"…","p":"…","q":"…","T":N,"m":bool,"M":bool|null}`.
+fn binance_event(bytes: &[u8]) -> Option<TradeFields<'_>> {
+    let mut reader = Reader::new(bytes)?;
+    reader.literal(b"{\"e\":\"trade\",\"E\":")?;
+    reader.number().filter(|literal| unsigned(literal).is_some())?; // the event time: unused
+    reader.literal(b",\"s\":\"")?;
+    let venue_symbol = reader.text()?;
+    reader.literal(b",\"t\":")?;
+    let trade_id = reader.trade_id()?;
+    reader.literal(b",\"p\":\"")?;
+    let price = quantity(reader.text()?)?;
+    reader.literal(b",\"q\":\"")?;
+    let qty = quantity(reader.text()?)?;
+    reader.literal(b",\"T\":")?;
+    let ts_ms = i64::try_from(unsigned(reader.number()?)?).ok()?;
+    reader.literal(b",\"m\":")?;
+    let side = if reader.boolean()? { "sell" } else { "buy" }; // m: the buyer is the maker, so the taker sold
+    reader.literal(b",\"M\":")?;
+    if reader.boolean().is_none() {
+        reader.literal(b"null")?;
+    }
+    reader.literal(b"}")?;
+    reader.at_end().then_some(TradeFields { venue_symbol, trade_id, price, qty, side, ts_ms })
+}
+
+// ---- the parsers ----------------------------------------------------------------------------
+
+/// The frame formats read here.
+#[derive(Clone, Copy)]
+enum Format {
+    KrakenV2,     // WebSocket v2 `trade` messages
+    BinanceTrade, // the raw endpoint's `<symbol>@trade` events
+}
+
+/// The usual trade frames of one exchange -> their encoded trades, or None.
 #[pyclass(module = "candleflow.exchanges._native")]
-struct KrakenTrades {
+struct TradeFrames {
+    format: Format,
     encoder: Encoder,
 }
 
 #[pymethods]
-impl KrakenTrades {
-    /// `canonical(venue_symbol) -> str` raises ValueError for a symbol that does not map.
+impl TradeFrames {
+    /// The parser of `exchange`'s frames ("kraken" or "binance"); `canonical(venue_symbol) -> str`
+    /// raises ValueError for a symbol that does not map.
     #[new]
     fn new(exchange: String, canonical: Py<PyAny>) -> PyResult<Self> {
-        Ok(Self { encoder: Encoder::new(exchange, canonical)? })
+        let format = match exchange.as_str() {
+            "kraken" => Format::KrakenV2,
+            "binance" => Format::BinanceTrade,
+            _ => return Err(PyValueError::new_err(format!("no native parser for {exchange:?}"))),
+        };
+        Ok(Self { format, encoder: Encoder::new(exchange, canonical) })
     }
 
-    /// `[(symbol, trade_id, ts_ms, value), ...]` of the frame `data` (bytes), or None: use
-    /// the adapter's parse_frame.
+    /// `[(symbol, trade_id, ts_ms, value), ...]` of the frame `data` (bytes), or None: use the
+    /// adapter's parse_frame.
     fn encoded_trades<'py>(
         &mut self,
         py: Python<'py>,
@@ -572,13 +582,17 @@ impl KrakenTrades {
         let Some(frame) = frame_bytes(data) else { return Ok(None) };
         let out = PyList::empty(py);
         let mut failure = None; // a Python error while building the list (out of memory)
-        let read = kraken_message(frame, |trade| match self.encoder.append(py, &out, &trade, recv_ms) {
+        let mut append = |trade: TradeFields| match self.encoder.append(py, &out, &trade, recv_ms) {
             Ok(appended) => appended.then_some(()),
             Err(error) => {
                 failure = Some(error);
                 None
             }
-        });
+        };
+        let read = match self.format {
+            Format::KrakenV2 => kraken_message(frame, &mut append),
+            Format::BinanceTrade => binance_event(frame).and_then(&mut append),
+        };
         match failure {
             Some(error) => Err(error),
             None => Ok(read.map(|()| out)),
@@ -586,113 +600,8 @@ impl KrakenTrades {
     }
 }
 
-/// Reads a trade message (kraken._TradeMessage's fields and types; `method` null or absent),
-/// handing each entry to `entry` as it goes; None as soon as anything is unusual.
-fn kraken_message<'a>(bytes: &'a [u8], mut entry: impl FnMut(TradeFields<'a>) -> Option<()>) -> Option<()> {
-    let mut reader = Reader::new(bytes)?;
-    let mut seen = Seen::default();
-    reader.object(|reader, key| {
-        let (field, accepted) = match key {
-            "channel" => (0, reader.text()? == "trade"),
-            "data" => {
-                let entries = reader.array(|reader| entry(kraken_entry(reader)?));
-                (1, entries.is_some())
-            }
-            "type" => (2, matches!(reader.value(0)?, Value::Text(_) | Value::Null)),
-            "method" => (3, matches!(reader.value(0)?, Value::Null)), // a method's reply is not a trade message
-            "success" => (4, matches!(reader.value(0)?, Value::Bool(_) | Value::Null)),
-            "error" => (5, matches!(reader.value(0)?, Value::Text(_) | Value::Null)),
-            _ => return reader.skip(0), // "result" (any value) and fields msgspec ignores
-        };
-        seen.first(field)?;
-        accepted.then_some(())
-    })?;
-    (reader.at_end() && seen.all_of_first(2)).then_some(()) // channel and data
-}
-
-// ---- Binance ---------------------------------------------------------------------------------
-
-/// The raw endpoint's `trade` event (binance._Trade's fields and types; the time an integer).
-fn binance_event(bytes: &[u8]) -> Option<TradeFields<'_>> {
-    let mut reader = Reader::new(bytes)?;
-    let mut seen = Seen::default();
-    let mut trade = TradeFields { venue_symbol: "", trade_id: "", price: 0.0, qty: 0.0, side: "", ts_ms: 0 };
-    reader.object(|reader, key| {
-        let (field, accepted) = match key {
-            "e" => (0, reader.text()? == "trade"),
-            "s" => {
-                trade.venue_symbol = reader.text()?;
-                (1, true)
-            }
-            "t" => {
-                trade.trade_id = trade_id(reader.value(0)?)?;
-                (2, true)
-            }
-            "p" => {
-                trade.price = number_text(reader.text()?)?;
-                (3, true)
-            }
-            "q" => {
-                trade.qty = number_text(reader.text()?)?;
-                (4, true)
-            }
-            "T" => {
-                trade.ts_ms = i64::try_from(unsigned(reader.number()?)?).ok()?;
-                (5, true)
-            }
-            "m" => {
-                trade.side = match reader.value(0)? {
-                    Value::Bool(true) => "sell", // the buyer is the maker: the taker sold
-                    Value::Bool(false) => "buy",
-                    _ => return None,
-                };
-                (6, true)
-            }
-            "E" => match reader.value(0)? {
-                Value::Number(literal) => (7, literal.bytes().all(|c| c.is_ascii_digit() || c == b'-')), // an integer
-                Value::Text(_) | Value::Null => (7, true),
-                _ => return None,
-            },
-            "M" => (8, matches!(reader.value(0)?, Value::Bool(_) | Value::Null)),
-            _ => return reader.skip(0), // a field msgspec ignores
-        };
-        seen.first(field)?;
-        accepted.then_some(())
-    })?;
-    (reader.at_end() && seen.all_of_first(7)).then_some(trade) // all but E and M
-}
-
-/// The raw endpoint's usual `trade` event -> its encoded trade, or None.
-#[pyclass(module = "candleflow.exchanges._native")]
-struct BinanceTrades {
-    encoder: Encoder,
-}
-
-#[pymethods]
-impl BinanceTrades {
-    /// `canonical(venue_symbol) -> str` raises ValueError for a symbol that does not map.
-    #[new]
-    fn new(exchange: String, canonical: Py<PyAny>) -> PyResult<Self> {
-        Ok(Self { encoder: Encoder::new(exchange, canonical)? })
-    }
-
-    /// `[(symbol, trade_id, ts_ms, value)]` of the frame `data` (bytes), or None: use the
-    /// adapter's parse_frame.
-    fn encoded_trades<'py>(
-        &mut self,
-        py: Python<'py>,
-        data: &Bound<'py, PyAny>,
-        recv_ms: i64,
-    ) -> PyResult<Option<Bound<'py, PyList>>> {
-        let Some(trade) = frame_bytes(data).and_then(binance_event) else { return Ok(None) };
-        let out = PyList::empty(py);
-        Ok(self.encoder.append(py, &out, &trade, recv_ms)?.then_some(out))
-    }
-}
-
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    module.add_class::<KrakenTrades>()?;
-    module.add_class::<BinanceTrades>()?;
+    module.add_class::<TradeFrames>()?;
     Ok(())
 }

@@ -95,44 +95,63 @@ def test_the_usual_frames_are_taken():
                                  "qty": 1.5, "side": "buy", "ts_ms": 1672515782136, "recv_ms": 5}
 
 
-UNUSUAL = [  # each taken by the general path: the native parser must answer None (or parse_frame's trades)
-    b'{"channel":"trade","type":"update","data":[{"symbol":"BTC\\/USD","side":"buy","price":1,"qty":1,'
-    b'"trade_id":1,"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # an escape
-    '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,'
-    '"trade_id":"é1","timestamp":"2023-09-25T07:49:37.708Z"}]}'.encode(),  # not ASCII
-    b'{"channel":"trade","channel":"trade","data":[]}',  # a repeated field
-    b'{"channel":"trade","data":[],"method":"subscribe"}',
-    b'{"channel":"trade","data":[],"success":"yes"}',  # a field of the wrong type
-    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":1,'
-    b'"timestamp":"2023-09-25T07:49:37.708Z","ord_type":null}]}',
-    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":01,"qty":1,"trade_id":1,'
-    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # not JSON
-    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":18446744073709551616,'
-    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # beyond 64 bits
-    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":-3,'
-    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',
-    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1e400,"trade_id":1,'
-    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',
-    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":1,'
-    b'"timestamp":"2023-02-29T07:49:37.708Z"}]}',  # no such day
-    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":1,'
-    b'"timestamp":"2023-09-25T07:49:60.708Z"}]}',  # a leap second
-    b'{"channel":"trade","data":[{"symbol":"BTC/USD","side":"buy","price":1,"qty":1,"trade_id":1,'
-    b'"timestamp":"1969-12-31T23:59:59.999Z"}]}',
-    b'{"channel":"trade","data":[{"symbol":"BTCUSD","side":"buy","price":1,"qty":1,"trade_id":1,'
-    b'"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # a symbol that does not map
-    b'{"channel":"trade","data":[{"x":' + b"[" * 40 + b"]" * 40 + b',"symbol":"BTC/USD","side":"buy","price":1,'
-    b'"qty":1,"trade_id":1,"timestamp":"2023-09-25T07:49:37.708Z"}]}',  # nested deeper than the reader goes
-    b'{"channel":"trade","data":[]} x',
-    b'{"e":"trade","E":1.5,"s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":true}',
-    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":"1672515782136","m":true}',  # the time as text
-    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1.5\\n","q":"1","T":1,"m":true}',
-    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":1}',
-    b'{"e":"trade","s":"BTCUSDT","t":12,"p":" 1","q":"1","T":1,"m":true}',
-    b'{"e":"trade","s":"BTCUSDT","t":"","p":"1","q":"1","T":1,"m":true}',
-    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":true,"M":"x"}',
-    b'{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":9223372036854775808,"m":true}',
+def kraken_usual(before: str = "", **entry: str) -> bytes:
+    """Kraken's usual trade message in its template; `entry` replaces fields by JSON text."""
+    fields = {"symbol": '"BTC/USD"', "side": '"buy"', "price": "4000.1", "qty": "0.5", "ord_type": '"limit"',
+              "trade_id": "7", "timestamp": '"2023-09-25T07:49:37.708706Z"', **entry}
+    data = "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+    return f'{{"channel":"trade",{before}"type":"update","data":[{data}]}}'.encode()
+
+
+def binance_usual(**event: str) -> bytes:
+    """Binance's usual trade event in its template; `event` replaces fields by JSON text."""
+    fields = {"e": '"trade"', "E": "1672515782137", "s": '"BTCUSDT"', "t": "12", "p": '"0.001"', "q": '"100"',
+              "T": "1672515782136", "m": "true", "M": "true", **event}
+    return ("{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}").encode()
+
+
+UNUSUAL = [  # each differs from the template in one place: the general path must read it
+    kraken_usual(symbol='"BTC\\/USD"'),  # an escape
+    kraken_usual(trade_id='"é1"'),  # not ASCII
+    kraken_usual(before='"channel":"trade",'),  # a repeated field
+    kraken_usual(before='"method":"subscribe",'),  # not in the template
+    kraken_usual(ord_type="null"),  # a field of the wrong type
+    kraken_usual(price="01"),  # not JSON
+    kraken_usual(price="1.5 "),  # a space
+    kraken_usual(trade_id="18446744073709551616"),  # beyond 64 bits
+    kraken_usual(trade_id="-3"),
+    kraken_usual(trade_id='""'),
+    kraken_usual(qty="1e400"),
+    kraken_usual(qty="-0.5"),
+    kraken_usual(side='"BUY"'),
+    kraken_usual(timestamp='"2023-02-29T07:49:37.708Z"'),  # no such day
+    kraken_usual(timestamp='"2023-09-25T07:49:60.708Z"'),  # a leap second
+    kraken_usual(timestamp='"1969-12-31T23:59:59.999Z"'),
+    kraken_usual(timestamp='"2023-09-25T07:49:37Z"'),  # no fraction
+    kraken_usual(timestamp='"2023-09-25T09:49:37.708+02:00"'),
+    kraken_usual(symbol='"BTCUSD"'),  # a symbol that does not map
+    kraken_usual() + b" ",
+    kraken_usual().replace(b'"ord_type":"limit",', b""),  # a field missing
+    binance_usual(E="1.5"),
+    binance_usual(T='"1672515782136"'),  # the time as text
+    binance_usual(T="9223372036854775808"),
+    binance_usual(p='"1.5\\n"'),
+    binance_usual(p='" 1"'),
+    binance_usual(p='"1e400"'),
+    binance_usual(q='"0"'),
+    binance_usual(m="1"),
+    binance_usual(t='""'),
+    binance_usual(M='"x"'),
+    binance_usual(s='"BTCXYZ"'),
+    binance_usual().replace(b',"M":true', b""),
 ]
+
+
+@needs_native
+def test_the_template_frames_are_taken():
+    assert check("kraken", kraken_usual()) and check("binance", binance_usual())
+    assert check("kraken", kraken_usual(trade_id='"a-1"', price="1e3", timestamp='"2024-02-29T23:59:59.9Z"'))
+    assert check("binance", binance_usual(t='"x"', p='"1.5E+3"', m="false", M="null"))
 
 
 @needs_native
@@ -145,7 +164,7 @@ def test_unusual_frames_take_the_general_path(frame):
 
 @needs_native
 def test_only_bytes_are_read():
-    frame = '{"e":"trade","s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":true}'
+    frame = '{"e":"trade","E":1,"s":"BTCUSDT","t":12,"p":"1","q":"1","T":1,"m":true,"M":true}'
     assert binance.encoded_trades(frame, 1) is None and binance.encoded_trades(bytearray(frame.encode()), 1) is None
     assert binance.encoded_trades(frame.encode(), 1) is not None
 
@@ -204,7 +223,7 @@ def test_floats_are_written_as_records_encode_writes_them():
     values = _positive_floats(rng, 20_000) + [5e-324, 1.7976931348623157e308, 1e16, 1e15, 1e-5, 1e-7, 0.1, 100.0]
     for price, qty in zip(values, reversed(values), strict=True):
         frame = (f'{{"channel":"trade","type":"update","data":[{{"symbol":"BTC/USD","side":"buy","price":{price!r},'
-                 f'"qty":{qty!r},"trade_id":1,"timestamp":"2023-09-25T07:49:37.708706Z"}}]}}').encode()
+                 f'"qty":{qty!r},"ord_type":"limit","trade_id":1,"timestamp":"2023-09-25T07:49:37.708706Z"}}]}}').encode()
         [(_, _, _, value)] = kraken.encoded_trades(frame, 3)
         assert value == encode(Trade(exchange="kraken", symbol="BTC/USD", trade_id="1", price=price, qty=qty,
                                      side="buy", ts_ms=1695628177708, recv_ms=3)), (price, qty)
@@ -218,8 +237,8 @@ def test_timestamps_are_read_as_rfc3339_ms_reads_them():
               for month in (1, 2, 3, 12) for day in (1, 28, 29, 30, 31)]
     taken = 0
     for text in times:
-        frame = (f'{{"channel":"trade","data":[{{"symbol":"BTC/USD","side":"buy","price":1.5,"qty":2,"trade_id":1,'
-                 f'"timestamp":{json.dumps(text)}}}]}}').encode()
+        frame = (f'{{"channel":"trade","type":"update","data":[{{"symbol":"BTC/USD","side":"buy","price":1.5,"qty":2,'
+                 f'"ord_type":"market","trade_id":1,"timestamp":{json.dumps(text)}}}]}}').encode()
         got = kraken.encoded_trades(frame, 3)
         if got is not None:
             taken += 1
@@ -238,7 +257,7 @@ def test_decimal_texts_are_read_as_float_reads_them():
         whole = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 12)))
         fraction = "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 25)))
         text = f"{whole}.{fraction}" if fraction else whole
-        frame = f'{{"e":"trade","s":"BTCUSDT","t":1,"p":"{text}","q":"{text}","T":1,"m":true}}'.encode()
+        frame = f'{{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"{text}","q":"{text}","T":1,"m":true,"M":true}}'.encode()
         got = binance.encoded_trades(frame, 1)
         if got is not None:
             taken += 1
@@ -246,3 +265,31 @@ def test_decimal_texts_are_read_as_float_reads_them():
             assert trade["price"].hex() == trade["qty"].hex() == float(text).hex(), text
         check("binance", frame)
     assert taken > 25_000
+
+
+@needs_native
+def test_a_parser_is_made_only_for_a_format_it_reads():
+    for exchange in ("okx", "Kraken", "kraken\n", ""):
+        with pytest.raises(ValueError, match="no native parser"):
+            NATIVE.TradeFrames(exchange, str)
+
+
+@needs_native
+def test_short_decimals_are_written_in_every_notation_msgspec_uses():
+    # A decimal of up to 15 significant digits is written from its own digits (the shortest
+    # text of its float): with ".0", with a point inside, as "0.000…", or with an exponent.
+    from decimal import Decimal
+
+    taken = 0
+    for digits in ["1", "5", "12", "1234", "99999", "123456789012345", "100000000000001"]:
+        for exponent in range(-14, 16):
+            text = format(Decimal(digits).scaleb(exponent), "f")
+            for name, frame in [
+                ("binance", f'{{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"{text}","q":"{text}","T":1,"m":true,'
+                            f'"M":true}}'),
+                ("kraken", f'{{"channel":"trade","type":"update","data":[{{"symbol":"BTC/USD","side":"buy",'
+                           f'"price":{text},"qty":{text},"ord_type":"limit","trade_id":1,'
+                           f'"timestamp":"2023-09-25T07:49:37.708Z"}}]}}'),
+            ]:
+                taken += check(name, frame.encode())
+    assert taken > 300

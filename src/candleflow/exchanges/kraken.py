@@ -162,7 +162,7 @@ _fast = KrakenTrades(_trade_message.decode, NAME)
 fast_trades = _fast.trades
 # The same frames read in Rust (native/, when built), straight to encoded Trade records
 # ``(symbol, trade_id, ts_ms, value)``, or None: ingest's replay calls this first when it is there.
-encoded_trades = NATIVE.KrakenTrades(NAME, canonical_symbol).encoded_trades if NATIVE is not None else None
+encoded_trades = NATIVE.TradeFrames(NAME, canonical_symbol).encoded_trades if NATIVE is not None else None
 
 
 def parse_frame(raw: bytes | str, recv_ms: int) -> ParseResult:
