@@ -18,7 +18,7 @@
 //! exchange's trade id as text, the event time in epoch ms, and the Trade record exactly as
 //! `records.encode` writes it (same fields, same order, same float text).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use pyo3::exceptions::PyValueError;
@@ -324,8 +324,10 @@ struct TradeFields<'a> {
     ts_ms: i64,
 }
 
-/// FNV-1a: a venue symbol is a few bytes, for which SipHash (the default) costs more than the
-/// lookup itself; the keys come from the adapter's own symbol function, capped in number.
+/// FNV-1a for text, one multiply per integer: a venue symbol or a trade id is a few bytes, for
+/// which SipHash (the default) costs more than the lookup itself. The keys come from the
+/// adapter's own symbol function and from exchanges' trade ids, not from an adversary who
+/// could aim at collisions.
 #[derive(Default)]
 struct Fnv(u64);
 
@@ -336,6 +338,23 @@ impl Hasher for Fnv {
             hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
         }
         self.0 = hash;
+    }
+
+    // Integers (the dedup window's keys) in one step each, as FxHash does.
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+
+    fn write_isize(&mut self, value: isize) {
+        self.write_u64(value as u64);
     }
 
     fn finish(&self) -> u64 {
@@ -541,6 +560,115 @@ fn binance_event(bytes: &[u8]) -> Option<TradeFields<'_>> {
     reader.at_end().then_some(TradeFields { venue_symbol, trade_id, price, qty, side, ts_ms })
 }
 
+// ---- de-duplication --------------------------------------------------------------------------
+
+/// A trade id as the window keeps it: the integer of a canonical decimal id (most venues'
+/// ids), else the text.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum TradeId {
+    Integer(u64),
+    Text(Box<str>),
+}
+
+impl TradeId {
+    fn of(text: &str) -> Self {
+        let canonical = !text.is_empty() && (text == "0" || !text.starts_with('0'));
+        match unsigned(text).filter(|_| canonical) {
+            Some(value) => TradeId::Integer(value),
+            None => TradeId::Text(text.into()),
+        }
+    }
+}
+
+/// The most recent `capacity` (exchange, symbol, trade_id), exactly as exchanges/fastpath.py's
+/// TradeDedup keeps them (same answers, same order of forgetting), with the ids in one flat
+/// table instead of Python objects. A market is a number from `ids_of`.
+#[pyclass(module = "candleflow.exchanges._native")]
+struct TradeDedup {
+    #[pyo3(get)]
+    capacity: usize,
+    #[pyo3(get, set)]
+    duplicates: u64,
+    markets: HashMap<(String, String), u32>,
+    seen: HashSet<(u32, TradeId), BuildHasherDefault<Fnv>>,
+    order: VecDeque<(u32, TradeId)>,
+}
+
+impl TradeDedup {
+    fn market_of(&mut self, trade: &Bound<'_, PyAny>) -> PyResult<(u32, String)> {
+        let exchange: String = trade.getattr("exchange")?.extract()?;
+        let symbol: String = trade.getattr("symbol")?.extract()?;
+        let trade_id: String = trade.getattr("trade_id")?.extract()?;
+        Ok((self.ids_of(&exchange, &symbol), trade_id))
+    }
+}
+
+#[pymethods]
+impl TradeDedup {
+    #[new]
+    #[pyo3(signature = (capacity = 200_000))]
+    fn new(capacity: usize) -> PyResult<Self> {
+        if capacity < 1 {
+            return Err(PyValueError::new_err("capacity must be >= 1"));
+        }
+        Ok(Self { capacity, duplicates: 0, markets: HashMap::new(), seen: HashSet::default(), order: VecDeque::new() })
+    }
+
+    fn __len__(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The number of one market (TradeFlow keeps it with the market's state).
+    fn ids_of(&mut self, exchange: &str, symbol: &str) -> u32 {
+        let next = self.markets.len() as u32;
+        *self.markets.entry((exchange.to_owned(), symbol.to_owned())).or_insert(next)
+    }
+
+    /// Remember a trade of market `market`; true when it is new, false for a duplicate.
+    fn add_to(&mut self, market: u32, trade_id: &str) -> bool {
+        let key = (market, TradeId::of(trade_id));
+        if !self.seen.insert(key.clone()) {
+            self.duplicates += 1;
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        true
+    }
+
+    fn add_id(&mut self, exchange: &str, symbol: &str, trade_id: &str) -> bool {
+        let market = self.ids_of(exchange, symbol);
+        self.add_to(market, trade_id)
+    }
+
+    /// `add_id` of a Trade.
+    fn add(&mut self, trade: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let (market, trade_id) = self.market_of(trade)?;
+        Ok(self.add_to(market, &trade_id))
+    }
+
+    fn seen(&mut self, trade: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let (market, trade_id) = self.market_of(trade)?;
+        Ok(self.seen.contains(&(market, TradeId::of(&trade_id))))
+    }
+
+    /// The trades not seen before, in order (also de-duplicates within the list).
+    fn filter<'py>(&mut self, trades: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(trades.py());
+        for trade in trades.try_iter()? {
+            let trade = trade?;
+            if self.add(&trade)? {
+                out.append(trade)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
 // ---- the parsers ----------------------------------------------------------------------------
 
 /// The frame formats read here.
@@ -603,5 +731,6 @@ impl TradeFrames {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<TradeFrames>()?;
+    module.add_class::<TradeDedup>()?;
     Ok(())
 }

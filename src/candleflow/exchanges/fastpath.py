@@ -440,11 +440,11 @@ class TradeProducer:
 class SymbolState:
     """What ingest keeps per (exchange, symbol)."""
 
-    def __init__(self, exchange: str, symbol: str, kafka_key: bytes, trade_ids: set[str]) -> None:
+    def __init__(self, exchange: str, symbol: str, kafka_key: bytes, trade_ids: object) -> None:
         self.exchange = exchange
         self.symbol = symbol
         self.kafka_key = kafka_key
-        self.trade_ids = trade_ids  # the ids TradeDedup remembers for this market
+        self.trade_ids = trade_ids  # TradeDedup.ids_of this market
         self.last_ts_ms: int | None = None  # the newest trade published
         self.filling = False  # a REST gap fill runs: live trades wait in `held`
         self.held: list[Trade] = []
@@ -457,10 +457,11 @@ class SymbolState:
 class TradeFlow:
     """Count, de-duplicate and publish trades in order: IngestPipeline.accept, compiled."""
 
-    def __init__(self, producer: TradeProducer, dedup: TradeDedup, on_recovered: Callable[[str, str], object],
+    def __init__(self, producer: TradeProducer, dedup: Any, on_recovered: Callable[[str, str], object],
                  decode: Callable[[bytes], Trade]) -> None:
         self.producer = producer
-        self.dedup = dedup
+        self.dedup = dedup  # a TradeDedup: this module's, or the native one (exchanges/dedup.py)
+        self._remember: Callable[[object, str], bool] = dedup.add_to  # bound once: called per trade
         self.on_recovered = on_recovered  # (exchange, symbol) of each recovered trade published
         self.decode = decode  # an encoded trade -> Trade (records.decode_trade)
         self.states: dict[tuple[str, str], SymbolState] = {}
@@ -528,7 +529,7 @@ class TradeFlow:
 
     def _publish(self, state: SymbolState, trade_id: str, ts_ms: int, value: bytes) -> bool:
         """Publish one trade unless it is a duplicate; True when published."""
-        if not self.dedup.add_to(state.trade_ids, trade_id):
+        if not self._remember(state.trade_ids, trade_id):
             exchange = state.exchange
             self.duplicate_counts[exchange] = self.duplicate_counts.get(exchange, 0) + 1
             return False
