@@ -1,5 +1,6 @@
 //! candleflow's ingest hot path in Rust: the usual Kraken v2 and Binance trade frames,
-//! straight from the frame's bytes to the encoded Trade records that ingest publishes.
+//! straight from the frame's bytes to the encoded Trade records that ingest publishes, and
+//! the de-duplication window of exchanges/fastpath.py's TradeDedup.
 //!
 //! Built at install time by setup.py (setuptools-rust) as `candleflow.exchanges._native`
 //! when a Rust toolchain is there; without one, ingest uses the compiled Python fast path
