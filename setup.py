@@ -38,14 +38,14 @@ GROUP = "candleflow_core"  # mypyc's name for the shared library of the compiled
 # What an in-place build leaves in src/: an extension per module and their shared library.
 _BUILT_STEMS = [path.removesuffix(".py") for path in COMPILED_MODULES] + [f"src/{GROUP}__mypyc"]
 INPLACE_BUILDS = [f"{stem}.*.{ext}" for stem in _BUILT_STEMS for ext in ("so", "pyd")]
-NATIVE_MODULE = "candleflow.exchanges._native"  # native/: the Rust parser of ingest's usual frames
-INPLACE_BUILDS += [f"src/{NATIVE_MODULE.replace('.', '/')}.*.{ext}" for ext in ("so", "pyd")]
+NATIVE_MODULE = "candleflow.exchanges._native"  # native/: ingest's Rust frame parser and dedup window
+NATIVE_INPLACE_BUILDS = [f"src/{NATIVE_MODULE.replace('.', '/')}.*.{ext}" for ext in ("so", "pyd")]
 
 
-def remove_inplace_builds() -> None:
+def remove_inplace_builds(patterns: list[str] = INPLACE_BUILDS) -> None:
     """Delete a compiled build left in src/ by an earlier editable install: it would shadow the sources."""
     root = Path(__file__).resolve().parent
-    for pattern in INPLACE_BUILDS:
+    for pattern in patterns:
         for path in root.glob(pattern):
             path.unlink()
 
@@ -95,9 +95,15 @@ def compiled_extensions() -> list:
 
 def rust_extensions() -> list:
     if pure_python():
+        remove_inplace_builds(NATIVE_INPLACE_BUILDS)
         return []
-    from setuptools_rust import Binding, RustExtension
-
+    try:
+        from setuptools_rust import Binding, RustExtension
+    except ImportError:
+        print("candleflow: setuptools-rust is not installed; installing ingest without its Rust parser "
+              "(same results, slower)", file=sys.stderr)
+        remove_inplace_builds(NATIVE_INPLACE_BUILDS)
+        return []
     # optional: without cargo, or if the build fails, the package installs without it (and says so).
     # --locked: the crates of native/Cargo.lock, nothing newer. debug=False: an editable install
     # would otherwise build it unoptimised.
@@ -105,4 +111,20 @@ def rust_extensions() -> list:
                           debug=False, args=["--locked"])]
 
 
-setup(ext_modules=compiled_extensions(), rust_extensions=rust_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+def commands() -> dict:
+    """build_ext that falls back to pure Python, and build_rust that first deletes the previous
+    in-place build: when the new one fails, ingest falls back to Python rather than to a stale build."""
+    try:
+        from setuptools_rust import build_rust
+    except ImportError:
+        return {"build_ext": OptionalBuildExt}
+
+    class FreshBuildRust(build_rust):
+        def run(self) -> None:
+            remove_inplace_builds(NATIVE_INPLACE_BUILDS)
+            super().run()
+
+    return {"build_ext": OptionalBuildExt, "build_rust": FreshBuildRust}
+
+
+setup(ext_modules=compiled_extensions(), rust_extensions=rust_extensions(), cmdclass=commands())

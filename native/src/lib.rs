@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -359,7 +360,10 @@ impl Hasher for Fnv {
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply leaves the high bits mixed and the low ones not; the table indexes by the
+        // low bits, so bring high ones down (as rustc-hash does): ids that differ only in their
+        // high bits (time-based ids) must not share buckets.
+        self.0.rotate_left(26)
     }
 }
 
@@ -608,10 +612,10 @@ impl TradeDedup {
 impl TradeDedup {
     #[new]
     #[pyo3(signature = (capacity = 200_000))]
-    fn new(capacity: usize) -> PyResult<Self> {
-        if capacity < 1 {
+    fn new(capacity: i64) -> PyResult<Self> {
+        let Some(capacity) = usize::try_from(capacity).ok().filter(|capacity| *capacity >= 1) else {
             return Err(PyValueError::new_err("capacity must be >= 1"));
-        }
+        };
         Ok(Self { capacity, duplicates: 0, markets: HashMap::new(), seen: HashSet::default(), order: VecDeque::new() })
     }
 
@@ -680,10 +684,10 @@ enum Format {
 }
 
 /// The usual trade frames of one exchange -> their encoded trades, or None.
-#[pyclass(module = "candleflow.exchanges._native")]
+#[pyclass(module = "candleflow.exchanges._native", frozen)]
 struct TradeFrames {
     format: Format,
-    encoder: Encoder,
+    encoder: Mutex<Encoder>,
 }
 
 #[pymethods]
@@ -697,21 +701,26 @@ impl TradeFrames {
             "binance" => Format::BinanceTrade,
             _ => return Err(PyValueError::new_err(format!("no native parser for {exchange:?}"))),
         };
-        Ok(Self { format, encoder: Encoder::new(exchange, canonical) })
+        Ok(Self { format, encoder: Mutex::new(Encoder::new(exchange, canonical)) })
     }
 
     /// `[(symbol, trade_id, ts_ms, value), ...]` of the frame `data` (bytes), or None: use the
     /// adapter's parse_frame.
     fn encoded_trades<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         data: &Bound<'py, PyAny>,
-        recv_ms: i64,
+        recv_ms: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyList>>> {
-        let Some(frame) = frame_bytes(data) else { return Ok(None) };
+        let (Some(frame), Ok(recv_ms)) = (frame_bytes(data), recv_ms.extract::<i64>()) else {
+            return Ok(None); // not bytes, or a receive time beyond 64 bits: the general path
+        };
+        // Another thread parsing with this parser at the same moment (the symbol function can let
+        // it in) sends this frame to the general path rather than waiting.
+        let Ok(mut encoder) = self.encoder.try_lock() else { return Ok(None) };
         let out = PyList::empty(py);
         let mut failure = None; // a Python error while building the list (out of memory)
-        let mut append = |trade: TradeFields| match self.encoder.append(py, &out, &trade, recv_ms) {
+        let mut append = |trade: TradeFields| match encoder.append(py, &out, &trade, recv_ms) {
             Ok(appended) => appended.then_some(()),
             Err(error) => {
                 failure = Some(error);

@@ -293,3 +293,24 @@ def test_short_decimals_are_written_in_every_notation_msgspec_uses():
             ]:
                 taken += check(name, frame.encode())
     assert taken > 300
+
+
+@needs_native
+def test_a_receive_time_beyond_64_bits_takes_the_general_path():
+    assert binance.encoded_trades(binance_usual(), 2**63) is None
+    assert binance.encoded_trades(binance_usual(), 2**63 - 1) is not None
+
+
+@needs_native
+def test_a_parser_in_use_sends_a_frame_to_the_general_path():
+    # The symbol function runs Python code, which may let another thread call the same parser:
+    # that call does not wait for the first, and its frame takes the general path instead.
+    inner: list[object] = []
+
+    def canonical(venue_symbol: str) -> str:
+        inner.append(parser.encoded_trades(binance_usual(s='"ETHBTC"'), 1))
+        return binance.canonical_symbol(venue_symbol)
+
+    parser = NATIVE.TradeFrames("binance", canonical)
+    [(symbol, *_)] = parser.encoded_trades(binance_usual(), 1)
+    assert symbol == "BTC/USDT" and inner == [None]

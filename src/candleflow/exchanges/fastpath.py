@@ -498,7 +498,8 @@ class TradeFlow:
                 state.received += 1
             if state.filling and not recovered:
                 state.held.append(trade)
-            elif self._publish(state, trade.trade_id, trade.ts_ms, encode(trade)):
+            elif self._admit(state, trade.trade_id):
+                self._hand_off(state, trade.ts_ms, encode(trade))
                 published += 1
                 if recovered:
                     self.on_recovered(exchange, symbol)
@@ -521,24 +522,28 @@ class TradeFlow:
             state.received += 1
             if state.filling:
                 state.held.append(self.decode(value))
-            elif self._publish(state, trade_id, ts_ms, value):
+            elif self._admit(state, trade_id):
+                self._hand_off(state, ts_ms, value)
                 published += 1
         self.received += len(trades)
         self.published += published
         return published
 
-    def _publish(self, state: SymbolState, trade_id: str, ts_ms: int, value: bytes) -> bool:
-        """Publish one trade unless it is a duplicate; True when published."""
-        if not self._remember(state.trade_ids, trade_id):
-            exchange = state.exchange
-            self.duplicate_counts[exchange] = self.duplicate_counts.get(exchange, 0) + 1
-            return False
+    def _admit(self, state: SymbolState, trade_id: str) -> bool:
+        """Whether the trade is new (remembered from now on), else counted as a duplicate."""
+        if self._remember(state.trade_ids, trade_id):
+            return True
+        exchange = state.exchange
+        self.duplicate_counts[exchange] = self.duplicate_counts.get(exchange, 0) + 1
+        return False
+
+    def _hand_off(self, state: SymbolState, ts_ms: int, value: bytes) -> None:
+        """Publish an admitted trade, encoded."""
         self.producer.value(value, state.kafka_key, ts_ms)
         state.published += 1
         last = state.last_ts_ms
         if last is None or ts_ms > last:
             state.last_ts_ms = ts_ms
-        return True
 
 
 # ---- replay ---------------------------------------------------------------------------------------
